@@ -1,0 +1,401 @@
+//! In-flight requests: one reusable slot each, in shards, scanned by the monitor thread.
+//!
+//! The request path touches only its own slot and its shard's free list. Slots are never freed
+//! while the registry lives, so a request reuses the memory (including string capacity) of an
+//! earlier one and registers without allocating once the registry has warmed up.
+
+use std::sync::atomic::{AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::report::RequestMeta;
+
+/// Phases of a request, packed with its id into one atomic word so that a phase change can
+/// never apply to a later request that reuses the slot.
+const PHASE_BITS: u64 = 2;
+const PHASE_MASK: u64 = (1 << PHASE_BITS) - 1;
+const RUNNING: u64 = 1;
+const STUCK: u64 = 2;
+const FINISHED: u64 = 3;
+
+/// Sentinel for "nothing due".
+pub(crate) const NEVER: u64 = u64::MAX;
+
+/// Nanoseconds since the registry's epoch: a monotonic clock that fits in an atomic.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    epoch: Instant,
+    epoch_wall: SystemTime,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            epoch_wall: SystemTime::now(),
+        }
+    }
+
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.ns_at(Instant::now())
+    }
+
+    pub(crate) fn ns_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    pub(crate) fn wall_at(&self, ns: u64) -> SystemTime {
+        self.epoch_wall + Duration::from_nanos(ns)
+    }
+}
+
+/// One in-flight request's record.
+pub(crate) struct Slot {
+    /// `id << PHASE_BITS | phase`, or 0 while the slot is free.
+    word: AtomicU64,
+    number: u32,
+    generation: AtomicU32,
+    started_ns: AtomicU64,
+    due_ns: AtomicU64,
+    polling_tid: AtomicI32,
+    reports: AtomicU32,
+    finished_ns: AtomicU64,
+    /// HTTP status of the finished response, or 0 when the future was dropped without one.
+    finished_status: AtomicU16,
+    meta: Mutex<RequestMeta>,
+}
+
+impl Slot {
+    fn new(number: u32) -> Self {
+        Self {
+            word: AtomicU64::new(0),
+            number,
+            generation: AtomicU32::new(0),
+            started_ns: AtomicU64::new(0),
+            due_ns: AtomicU64::new(NEVER),
+            polling_tid: AtomicI32::new(0),
+            reports: AtomicU32::new(0),
+            finished_ns: AtomicU64::new(0),
+            finished_status: AtomicU16::new(0),
+            meta: Mutex::new(RequestMeta::default()),
+        }
+    }
+
+    pub(crate) fn meta(&self) -> MutexGuard<'_, RequestMeta> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn started_ns(&self) -> u64 {
+        self.started_ns.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn due_ns(&self) -> u64 {
+        self.due_ns.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_due_ns(&self, due: u64) {
+        self.due_ns.store(due, Ordering::Relaxed);
+    }
+
+    pub(crate) fn polling_tid(&self) -> i32 {
+        self.polling_tid.load(Ordering::Acquire)
+    }
+
+    /// Number of slow reports made for the current request so far.
+    pub(crate) fn reports(&self) -> u32 {
+        self.reports.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_report(&self) {
+        self.reports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn finished(&self) -> (u64, Option<u16>) {
+        let status = self.finished_status.load(Ordering::Relaxed);
+        (
+            self.finished_ns.load(Ordering::Relaxed),
+            (status != 0).then_some(status),
+        )
+    }
+
+    /// Marks the request stuck; false if it already finished (or the slot moved on).
+    pub(crate) fn mark_stuck(&self, id: u64) -> bool {
+        let running = id << PHASE_BITS | RUNNING;
+        let stuck = id << PHASE_BITS | STUCK;
+        match self
+            .word
+            .compare_exchange(running, stuck, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(current) => current == stuck,
+        }
+    }
+}
+
+/// What the monitor sees of a slot in one scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    Running { id: u64 },
+    Stuck { id: u64 },
+    /// Finished after it was reported stuck: the completion record is still owed.
+    FinishedAfterStuck { id: u64 },
+}
+
+struct Shard {
+    slots: Vec<Arc<Slot>>,
+    free: Vec<u32>,
+}
+
+/// The table of in-flight requests.
+pub(crate) struct Registry {
+    shards: Box<[Mutex<Shard>]>,
+    pub(crate) clock: Clock,
+    next_shard: AtomicUsize,
+    pub(crate) wake: Wake,
+}
+
+const SHARD_BITS: u32 = 6;
+const MAX_SHARDS: usize = 1 << SHARD_BITS;
+
+thread_local! {
+    static HOME_SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        let shards = std::thread::available_parallelism()
+            .map_or(4, |n| n.get() * 2)
+            .clamp(2, MAX_SHARDS);
+        Self {
+            shards: (0..shards)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        slots: Vec::new(),
+                        free: Vec::new(),
+                    })
+                })
+                .collect(),
+            clock: Clock::new(),
+            next_shard: AtomicUsize::new(0),
+            wake: Wake::new(),
+        }
+    }
+
+    fn home_shard(&self) -> usize {
+        HOME_SHARD.with(|home| {
+            let mut shard = home.get();
+            if shard >= self.shards.len() {
+                shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+                home.set(shard);
+            }
+            shard
+        })
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
+        self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a request that started at `started_ns` and is first due at `due_ns`;
+    /// `fill` writes the request's description into the slot's reused buffers.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        started_ns: u64,
+        due_ns: u64,
+        fill: impl FnOnce(&mut RequestMeta),
+    ) -> Registration {
+        let shard = self.home_shard();
+        let slot = {
+            let mut guard = self.lock(shard);
+            match guard.free.pop() {
+                Some(index) => guard.slots[index as usize].clone(),
+                None => {
+                    let index = guard.slots.len() as u32;
+                    let number = (index << SHARD_BITS) | shard as u32;
+                    let slot = Arc::new(Slot::new(number));
+                    guard.slots.push(slot.clone());
+                    slot
+                }
+            }
+        };
+        let generation = slot.generation.fetch_add(1, Ordering::Relaxed).wrapping_add(1) & 0x3fff_ffff;
+        let generation = generation.max(1);
+        let id = (u64::from(generation) << 32) | u64::from(slot.number);
+        slot.started_ns.store(started_ns, Ordering::Relaxed);
+        slot.due_ns.store(due_ns, Ordering::Relaxed);
+        slot.reports.store(0, Ordering::Relaxed);
+        slot.polling_tid.store(0, Ordering::Relaxed);
+        {
+            let mut meta = slot.meta();
+            meta.id = id;
+            fill(&mut meta);
+        }
+        slot.word
+            .store(id << PHASE_BITS | RUNNING, Ordering::Release);
+        self.wake.note_due(due_ns);
+        Registration {
+            registry: self.clone(),
+            slot,
+            id,
+            shard,
+        }
+    }
+
+    fn release(&self, shard: usize, slot: &Slot) {
+        slot.word.store(0, Ordering::Release);
+        let index = slot.number >> SHARD_BITS;
+        self.lock(shard).free.push(index);
+    }
+
+    /// Frees a slot whose completion record the monitor has emitted.
+    pub(crate) fn release_finished(&self, slot: &Slot, id: u64) {
+        if slot.word.load(Ordering::Acquire) == id << PHASE_BITS | FINISHED {
+            let shard = (slot.number & (MAX_SHARDS as u32 - 1)) as usize;
+            self.release(shard, slot);
+        }
+    }
+
+    /// Calls `visit` for every occupied slot. Holds one shard lock at a time, briefly: the
+    /// visitor must only read atomics and copy.
+    pub(crate) fn scan(&self, mut visit: impl FnMut(&Arc<Slot>, Seen)) {
+        for shard in 0..self.shards.len() {
+            let guard = self.lock(shard);
+            for slot in &guard.slots {
+                let word = slot.word.load(Ordering::Acquire);
+                if word == 0 {
+                    continue;
+                }
+                let id = word >> PHASE_BITS;
+                let seen = match word & PHASE_MASK {
+                    RUNNING => Seen::Running { id },
+                    STUCK => Seen::Stuck { id },
+                    FINISHED => Seen::FinishedAfterStuck { id },
+                    _ => continue,
+                };
+                visit(slot, seen);
+            }
+        }
+    }
+
+    /// Slots ever created: the registry's high-water mark of concurrent requests.
+    pub(crate) fn capacity(&self) -> usize {
+        (0..self.shards.len())
+            .map(|s| self.lock(s).slots.len())
+            .sum()
+    }
+}
+
+/// A registered request. Dropping it deregisters the request.
+pub(crate) struct Registration {
+    registry: Arc<Registry>,
+    slot: Arc<Slot>,
+    id: u64,
+    shard: usize,
+}
+
+impl Registration {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn set_polling(&self, tid: i32) {
+        self.slot.polling_tid.store(tid, Ordering::Release);
+    }
+
+    /// Records the response status; the slot is released when the registration drops.
+    pub(crate) fn set_status(&self, status: u16) {
+        self.slot.finished_status.store(status, Ordering::Relaxed);
+    }
+
+    /// Ends the request. Returns true when it had been reported stuck, so the monitor owes a
+    /// completion record and must be woken.
+    fn finish(&self) -> bool {
+        let running = self.id << PHASE_BITS | RUNNING;
+        let stuck = self.id << PHASE_BITS | STUCK;
+        self.slot.polling_tid.store(0, Ordering::Release);
+        if self
+            .slot
+            .word
+            .compare_exchange(running, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let index = self.slot.number >> SHARD_BITS;
+            self.registry.lock(self.shard).free.push(index);
+            return false;
+        }
+        self.slot.finished_ns.store(self.registry.clock.now_ns(), Ordering::Relaxed);
+        self.slot.due_ns.store(0, Ordering::Relaxed);
+        self.slot
+            .word
+            .compare_exchange(
+                stuck,
+                self.id << PHASE_BITS | FINISHED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.finish() {
+            self.registry.wake.wake_now();
+        }
+    }
+}
+
+/// How request threads wake the monitor thread without a timer of their own.
+///
+/// The monitor publishes when it will next wake up. A request due earlier than that wakes it;
+/// with one threshold for all requests this only happens when the monitor was idle, so busy
+/// services never pay for the wake-up.
+pub(crate) struct Wake {
+    /// When the monitor will wake on its own (registry ns), or [`AWAKE`] while it scans.
+    sleeping_until: AtomicU64,
+    /// Set by a request that registered while the monitor was scanning and might be missed.
+    rescan: std::sync::atomic::AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+pub(crate) const AWAKE: u64 = 0;
+
+impl Wake {
+    fn new() -> Self {
+        Self {
+            sleeping_until: AtomicU64::new(AWAKE),
+            rescan: std::sync::atomic::AtomicBool::new(false),
+            thread: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn set_thread(&self, thread: std::thread::Thread) {
+        let _ = self.thread.set(thread);
+    }
+
+    fn note_due(&self, due_ns: u64) {
+        let until = self.sleeping_until.load(Ordering::SeqCst);
+        if until == AWAKE {
+            self.rescan.store(true, Ordering::SeqCst);
+        } else if due_ns < until {
+            self.wake_now();
+        }
+    }
+
+    pub(crate) fn wake_now(&self) {
+        self.rescan.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+
+    /// Called by the monitor before it parks; false if it must scan again first.
+    pub(crate) fn going_to_sleep(&self, until_ns: u64) -> bool {
+        self.sleeping_until.store(until_ns.max(1), Ordering::SeqCst);
+        !self.rescan.swap(false, Ordering::SeqCst)
+    }
+
+    pub(crate) fn woke_up(&self) {
+        self.sleeping_until.store(AWAKE, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,657 @@
+//! Slow-request reports: what the sinks receive, as data ([`serde::Serialize`]) and as text.
+//!
+//! A [`SlowRequestReport`] is made when a request passes its threshold (and again at the
+//! configured multiples of it), and once more when a reported request finishes. Secrets are
+//! redacted when the request is registered, so they never reach a report.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use http::header::{self, HeaderName};
+use serde::Serialize;
+
+pub use crate::stack::Frame;
+pub use crate::stack::FrameOrigin;
+
+/// The text that replaces every redacted value.
+pub const REDACTED: &str = "[redacted]";
+
+/// Headers whose values are always redacted, whatever the configuration says.
+pub const ALWAYS_REDACTED_HEADERS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::SET_COOKIE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// What a request looked like when it came in, copied into reused buffers at registration.
+#[derive(Debug, Default)]
+pub(crate) struct RequestMeta {
+    pub(crate) id: u64,
+    pub(crate) method: http::Method,
+    pub(crate) version: http::Version,
+    pub(crate) uri: String,
+    pub(crate) route_key: String,
+    pub(crate) headers: Vec<(HeaderName, String)>,
+    pub(crate) header_count: usize,
+}
+
+/// Which request parts a report carries and which secrets it hides.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestCapture {
+    pub(crate) headers: Vec<HeaderName>,
+    pub(crate) redacted_headers: Vec<HeaderName>,
+    pub(crate) redacted_query_params: Vec<String>,
+}
+
+impl RequestCapture {
+    /// Copies the request line and the selected headers, redacting secrets on the way in.
+    pub(crate) fn fill<B>(&self, request: &http::Request<B>, meta: &mut RequestMeta) {
+        meta.method.clone_from(request.method());
+        meta.version = request.version();
+        meta.uri.clear();
+        meta.route_key.clear();
+        let uri = request.uri();
+        if let Some(scheme) = uri.scheme_str() {
+            meta.uri.push_str(scheme);
+            meta.uri.push_str("://");
+        }
+        if let Some(authority) = uri.authority() {
+            meta.uri.push_str(authority.as_str());
+        }
+        meta.uri.push_str(uri.path());
+        meta.route_key.push_str(uri.path());
+        if let Some(query) = uri.query() {
+            meta.uri.push('?');
+            self.push_redacted_query(query, &mut meta.uri);
+        }
+        meta.header_count = 0;
+        for name in &self.headers {
+            for value in request.headers().get_all(name) {
+                if meta.header_count == meta.headers.len() {
+                    meta.headers.push((name.clone(), String::new()));
+                }
+                let entry = &mut meta.headers[meta.header_count];
+                if entry.0 != name {
+                    entry.0.clone_from(name);
+                }
+                entry.1.clear();
+                if self.is_redacted_header(name) {
+                    entry.1.push_str(REDACTED);
+                } else {
+                    push_header_value(value, &mut entry.1);
+                }
+                meta.header_count += 1;
+            }
+        }
+    }
+
+    fn is_redacted_header(&self, name: &HeaderName) -> bool {
+        ALWAYS_REDACTED_HEADERS.contains(name) || self.redacted_headers.contains(name)
+    }
+
+    fn push_redacted_query(&self, query: &str, out: &mut String) {
+        for (index, pair) in query.split('&').enumerate() {
+            if index > 0 {
+                out.push('&');
+            }
+            let (key, has_value) = match pair.split_once('=') {
+                Some((key, _)) => (key, true),
+                None => (pair, false),
+            };
+            if has_value && self.is_redacted_param(key) {
+                out.push_str(key);
+                out.push('=');
+                out.push_str(REDACTED);
+            } else {
+                out.push_str(pair);
+            }
+        }
+    }
+
+    /// Compares names the way a server would decode them: case-sensitive, but percent-encoding
+    /// and `+` ignored, so `api%5Fkey` does not slip past a rule for `api_key`.
+    fn is_redacted_param(&self, raw_key: &str) -> bool {
+        self.redacted_query_params
+            .iter()
+            .any(|name| percent_decoded_eq(raw_key, name))
+    }
+}
+
+fn percent_decoded_eq(raw: &str, plain: &str) -> bool {
+    let raw = raw.as_bytes();
+    let mut expected = plain.bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        let byte = match raw[i] {
+            b'%' if i + 2 < raw.len() => {
+                let hex = std::str::from_utf8(&raw[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(decoded) => {
+                        i += 2;
+                        decoded
+                    }
+                    None => b'%',
+                }
+            }
+            b'+' => b' ',
+            other => other,
+        };
+        if expected.next() != Some(byte) {
+            return false;
+        }
+        i += 1;
+    }
+    expected.next().is_none()
+}
+
+/// Header values are usually ASCII; anything else is shown lossily, and control characters are
+/// escaped so a value cannot forge lines in a text report.
+fn push_header_value(value: &http::HeaderValue, out: &mut String) {
+    for chunk in value.as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            } else {
+                out.push(c);
+            }
+        }
+        if !chunk.invalid().is_empty() {
+            out.push('\u{fffd}');
+        }
+    }
+}
+
+/// Why a report is being made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReportKind {
+    /// The request is still running past its threshold.
+    Slow,
+    /// A request that was reported slow has finished.
+    Completed,
+}
+
+/// How the request's stack was (or was not) obtained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StackStatus {
+    /// Frames of the thread that was polling the request when the signal landed.
+    Captured,
+    /// No thread was polling the request: it is pending, waiting to be woken. See the spans.
+    Pending,
+    /// The poll ended between the monitor's look and the signal's arrival, so no stack is shown
+    /// rather than someone else's.
+    PollEnded,
+    /// The thread did not answer the signal in time (it may have the signal blocked, or be in
+    /// uninterruptible sleep).
+    TimedOut {
+        /// Milliseconds waited.
+        waited_ms: u64,
+    },
+    /// The polling thread no longer exists.
+    ThreadGone,
+    /// Stack capture is switched off in the configuration.
+    Disabled,
+    /// Stack capture cannot work here; the reason says why.
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+    /// Not applicable: this is a completion record.
+    NotCaptured,
+}
+
+/// The polling thread at capture time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ThreadInfo {
+    /// Kernel thread id.
+    pub tid: i32,
+    /// Thread name, if it has one.
+    pub name: Option<String>,
+}
+
+/// One open tracing span of the request, as kept by [`crate::spans::SpanLayer`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct OpenSpan {
+    /// Span name.
+    pub name: String,
+    /// Span target (usually the module path).
+    pub target: String,
+    /// Recorded fields, as `key=value` separated by spaces.
+    pub fields: String,
+    /// Seconds since the span was created.
+    pub age_secs: f64,
+    /// Whether a thread is inside the span right now.
+    pub entered: bool,
+    /// Position in the tree: 0 for spans opened directly by the request.
+    pub depth: usize,
+    /// Index of the parent in [`SpanTree::spans`], if it is part of the request.
+    pub parent: Option<usize>,
+}
+
+/// Where a request awaits: its open spans.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct SpanTree {
+    /// False when no [`crate::spans::SpanLayer`] is installed.
+    pub installed: bool,
+    /// Open spans, parents before children.
+    pub spans: Vec<OpenSpan>,
+}
+
+impl SpanTree {
+    /// Root-to-leaf paths, such as `handler > load_report{id=42} > db.query{sql="…"} 4.8 s`.
+    pub fn chains(&self) -> Vec<String> {
+        let mut chains = Vec::new();
+        for (index, span) in self.spans.iter().enumerate() {
+            let is_leaf = !self.spans.iter().any(|s| s.parent == Some(index));
+            if !is_leaf {
+                continue;
+            }
+            let mut path = vec![index];
+            let mut cursor = span.parent;
+            while let Some(parent) = cursor {
+                path.push(parent);
+                cursor = self.spans[parent].parent;
+            }
+            let mut line = String::new();
+            for (n, &i) in path.iter().rev().enumerate() {
+                if n > 0 {
+                    line.push_str(" > ");
+                }
+                let s = &self.spans[i];
+                line.push_str(&s.name);
+                if !s.fields.is_empty() {
+                    let _ = write!(line, "{{{}}}", s.fields);
+                }
+            }
+            let _ = write!(line, " {}", format_secs(span.age_secs));
+            if span.entered {
+                line.push_str(" (entered)");
+            }
+            chains.push(line);
+        }
+        chains
+    }
+}
+
+/// How a reported request ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Completion {
+    /// Response status, or `None` when the request future was dropped before responding
+    /// (client gone, or cancelled by a timeout).
+    pub status: Option<u16>,
+}
+
+/// A report about one slow request.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct SlowRequestReport {
+    /// Slow (still running) or completed.
+    pub kind: ReportKind,
+    /// The request's id within this process.
+    pub request_id: u64,
+    /// 1 for the first slow report of the request, 2 for the second, and so on.
+    pub capture: u32,
+    /// When this report was made (RFC 3339, UTC).
+    pub intercepted_at: String,
+    /// Request method.
+    pub method: String,
+    /// Request URI with secret query parameters redacted.
+    pub uri: String,
+    /// HTTP version.
+    pub version: String,
+    /// The Host header, or the URI's authority.
+    pub host: Option<String>,
+    /// The configured headers, secrets redacted.
+    pub headers: Vec<(String, String)>,
+    /// Process id.
+    pub pid: u32,
+    /// Host name of the machine.
+    pub hostname: String,
+    /// The thread polling the request at capture time; `None` when it was pending.
+    pub thread: Option<ThreadInfo>,
+    /// When the request started (RFC 3339, UTC).
+    pub started_at: String,
+    /// Seconds between the start and this report.
+    pub elapsed_secs: f64,
+    /// How the stack was obtained.
+    pub stack_status: StackStatus,
+    /// Native frames, innermost first.
+    pub stack: Vec<Frame>,
+    /// Open spans of the request.
+    pub spans: SpanTree,
+    /// Set on completion records.
+    pub completion: Option<Completion>,
+    /// A short key for grouping reports of the same route: method and path.
+    pub route_key: String,
+}
+
+pub(crate) fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn format_secs(secs: f64) -> String {
+    if secs < 1.0 {
+        format!("{:.0} ms", secs * 1000.0)
+    } else {
+        format!("{secs:.1} s")
+    }
+}
+
+impl SlowRequestReport {
+    /// A one-line summary, such as `slow request: GET /api/jobs (7.2 s)`.
+    pub fn summary(&self) -> String {
+        match self.kind {
+            ReportKind::Slow => format!(
+                "slow request: {} {} ({})",
+                self.method,
+                self.uri,
+                format_secs(self.elapsed_secs)
+            ),
+            ReportKind::Completed => format!(
+                "slow request completed: {} {} after {} with {}",
+                self.method,
+                self.uri,
+                format_secs(self.elapsed_secs),
+                self.completion_status()
+            ),
+        }
+    }
+
+    fn completion_status(&self) -> String {
+        match self.completion.as_ref().and_then(|c| c.status) {
+            Some(status) => format!("status {status}"),
+            None => "no response (the request was dropped)".to_owned(),
+        }
+    }
+
+    /// The innermost frame of application code, if the stack has one.
+    pub fn top_app_frame(&self) -> Option<&Frame> {
+        self.stack.iter().find(|f| f.origin == FrameOrigin::App)
+    }
+
+    /// Renders the report as text, in the manner of dogslow's reports.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        match self.kind {
+            ReportKind::Slow => {
+                let _ = writeln!(out, "Slow request intercepted at {}", self.intercepted_at);
+            }
+            ReportKind::Completed => {
+                let _ = writeln!(
+                    out,
+                    "Slow request completed after {} with {}",
+                    format_secs(self.elapsed_secs),
+                    self.completion_status()
+                );
+            }
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{} {} {}", self.method, self.uri, self.version);
+        if let Some(host) = &self.host {
+            let _ = writeln!(out, "Host:       {host}");
+        }
+        let _ = writeln!(out, "Server:     {} (pid {})", self.hostname, self.pid);
+        if let Some(thread) = &self.thread {
+            let _ = writeln!(
+                out,
+                "Thread:     {} (tid {})",
+                thread.name.as_deref().unwrap_or("<unnamed>"),
+                thread.tid
+            );
+        }
+        let _ = writeln!(out, "Request id: {}", self.request_id);
+        let _ = writeln!(out, "Started:    {}", self.started_at);
+        let _ = writeln!(out, "Elapsed:    {}", format_secs(self.elapsed_secs));
+        if self.kind == ReportKind::Slow {
+            let _ = writeln!(out, "Report:     {} for this request", self.capture);
+        }
+        if !self.headers.is_empty() {
+            let _ = writeln!(out);
+            for (name, value) in &self.headers {
+                let _ = writeln!(out, "{name}: {value}");
+            }
+        }
+        if self.kind == ReportKind::Slow {
+            let _ = writeln!(out);
+            self.write_stack(&mut out);
+            let _ = writeln!(out);
+            self.write_spans(&mut out);
+        }
+        out
+    }
+
+    fn write_stack(&self, out: &mut String) {
+        match &self.stack_status {
+            StackStatus::Captured => {
+                let _ = writeln!(
+                    out,
+                    "Stack of the polling thread (innermost first; `>` marks application code):"
+                );
+                write_frames(&self.stack, out);
+            }
+            StackStatus::Pending => {
+                let _ = writeln!(
+                    out,
+                    "Stack: none, the request is pending (no thread is polling it). Where it waits:"
+                );
+            }
+            StackStatus::PollEnded => {
+                let _ = writeln!(
+                    out,
+                    "Stack: none, the poll ended before the signal arrived; the request is between polls."
+                );
+            }
+            StackStatus::TimedOut { waited_ms } => {
+                let _ = writeln!(
+                    out,
+                    "Stack: the polling thread did not answer the capture signal within {waited_ms} ms \
+                     (signal blocked, or uninterruptible sleep)."
+                );
+            }
+            StackStatus::ThreadGone => {
+                let _ = writeln!(out, "Stack: the polling thread exited before the capture.");
+            }
+            StackStatus::Disabled => {
+                let _ = writeln!(out, "Stack: capture is switched off in the configuration.");
+            }
+            StackStatus::Unavailable { reason } => {
+                let _ = writeln!(out, "Stack: unavailable: {reason}");
+            }
+            StackStatus::NotCaptured => {}
+        }
+    }
+
+    fn write_spans(&self, out: &mut String) {
+        if !self.spans.installed {
+            let _ = writeln!(
+                out,
+                "Open spans: unknown. Install tower_vigil::spans::SpanLayer in your tracing \
+                 subscriber to see where a request awaits."
+            );
+            return;
+        }
+        let chains = self.spans.chains();
+        if chains.is_empty() {
+            let _ = writeln!(out, "Open spans: none under this request.");
+            return;
+        }
+        let _ = writeln!(out, "Open spans (root > ... > deepest, age of the deepest):");
+        for chain in chains {
+            let _ = writeln!(out, "  {chain}");
+        }
+    }
+}
+
+/// Writes frames, showing application frames in full and folding runs of library frames.
+fn write_frames(frames: &[Frame], out: &mut String) {
+    let mut folded: Vec<&Frame> = Vec::new();
+    let flush = |folded: &mut Vec<&Frame>, out: &mut String| {
+        if folded.is_empty() {
+            return;
+        }
+        if folded.len() <= 2 {
+            for frame in folded.iter() {
+                write_frame(frame, ' ', out);
+            }
+        } else {
+            let mut crates: Vec<&str> = folded
+                .iter()
+                .filter_map(|f| f.function.as_deref())
+                .map(crate_of)
+                .collect();
+            crates.sort_unstable();
+            crates.dedup();
+            write_frame(folded[0], ' ', out);
+            let _ = writeln!(
+                out,
+                "      ... {} more frames in {}",
+                folded.len() - 1,
+                if crates.is_empty() {
+                    "system libraries".to_owned()
+                } else {
+                    crates.join(", ")
+                }
+            );
+        }
+        folded.clear();
+    };
+    for frame in frames {
+        if frame.origin == FrameOrigin::App {
+            flush(&mut folded, out);
+            write_frame(frame, '>', out);
+        } else {
+            folded.push(frame);
+        }
+    }
+    flush(&mut folded, out);
+}
+
+fn crate_of(function: &str) -> &str {
+    let trimmed = function.trim_start_matches(['<', '&']);
+    trimmed.split("::").next().unwrap_or(trimmed)
+}
+
+fn write_frame(frame: &Frame, marker: char, out: &mut String) {
+    let name = frame.function.as_deref().unwrap_or("<unknown>");
+    let _ = write!(out, "  {marker} {name}");
+    if frame.inlined {
+        out.push_str(" (inlined)");
+    }
+    out.push('\n');
+    match (&frame.file, frame.line) {
+        (Some(file), Some(line)) => {
+            let _ = writeln!(out, "        at {file}:{line}");
+        }
+        (Some(file), None) => {
+            let _ = writeln!(out, "        at {file}");
+        }
+        _ => {
+            let _ = writeln!(out, "        at {}", frame.ip);
+        }
+    }
+}
+
+/// Host name of this machine, read once.
+pub(crate) fn hostname() -> &'static str {
+    static HOSTNAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOSTNAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture(params: &[&str]) -> RequestCapture {
+        RequestCapture {
+            headers: vec![header::HOST, header::AUTHORIZATION, header::USER_AGENT],
+            redacted_headers: Vec::new(),
+            redacted_query_params: params.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_copied() {
+        let request = http::Request::get("/a?token=s3cret&x=1&api%5Fkey=k&flag")
+            .header("authorization", "Bearer abc")
+            .header("host", "example.com")
+            .body(())
+            .unwrap();
+        let mut meta = RequestMeta::default();
+        capture(&["token", "api_key"]).fill(&request, &mut meta);
+        assert_eq!(meta.uri, "/a?token=[redacted]&x=1&api%5Fkey=[redacted]&flag");
+        let headers: Vec<_> = meta.headers[..meta.header_count]
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.clone()))
+            .collect();
+        assert!(headers.contains(&("authorization".into(), REDACTED.into())));
+        assert!(headers.contains(&("host".into(), "example.com".into())));
+        assert!(!format!("{headers:?}").contains("abc"));
+    }
+
+    #[test]
+    fn buffers_are_reused_between_requests() {
+        let capture = capture(&[]);
+        let mut meta = RequestMeta::default();
+        let long = http::Request::get("/a/very/long/path/that/needs/room?x=1")
+            .header("host", "h")
+            .body(())
+            .unwrap();
+        capture.fill(&long, &mut meta);
+        let uri_capacity = meta.uri.capacity();
+        let short = http::Request::get("/b").body(()).unwrap();
+        capture.fill(&short, &mut meta);
+        assert_eq!(meta.uri, "/b");
+        assert_eq!(meta.header_count, 0);
+        assert_eq!(meta.uri.capacity(), uri_capacity);
+    }
+
+    #[test]
+    fn percent_decoding_matches_names() {
+        assert!(percent_decoded_eq("api%5Fkey", "api_key"));
+        assert!(percent_decoded_eq("api_key", "api_key"));
+        assert!(!percent_decoded_eq("API_KEY", "api_key"));
+        assert!(!percent_decoded_eq("api_key2", "api_key"));
+        assert!(!percent_decoded_eq("%", "api_key"));
+        assert!(percent_decoded_eq("%", "%"));
+    }
+
+    #[test]
+    fn span_chains_run_from_root_to_leaf() {
+        let span = |name: &str, fields: &str, parent, age| OpenSpan {
+            name: name.into(),
+            target: "t".into(),
+            fields: fields.into(),
+            age_secs: age,
+            entered: false,
+            depth: 0,
+            parent,
+        };
+        let tree = SpanTree {
+            installed: true,
+            spans: vec![
+                span("handler", "", None, 5.0),
+                span("load_report", "id=42", Some(0), 4.9),
+                span("db.query", "sql=\"select 1\"", Some(1), 4.8),
+            ],
+        };
+        assert_eq!(
+            tree.chains(),
+            vec!["handler > load_report{id=42} > db.query{sql=\"select 1\"} 4.8 s"]
+        );
+    }
+}

@@ -1,0 +1,82 @@
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{Sink, SinkError};
+use crate::report::{ReportKind, SlowRequestReport};
+
+/// Writes each report as a `.txt` and a `.json` file into a directory, like dogslow's
+/// `DOGSLOW_OUTPUT`.
+///
+/// Files are named `slow-<request id>-<n>.txt` (the n-th capture) and `slow-<request id>-done.txt`
+/// (the completion record), each with a `.json` twin. Each file is written under a temporary
+/// name and renamed, so a reader never sees half a report.
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// let sink = tower_vigil::sink::FileSink::new("/var/log/slow-requests")?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileSink {
+    dir: PathBuf,
+}
+
+impl FileSink {
+    /// Uses `dir`, creating it if needed.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the directory cannot be created or a file cannot be written in it, so a bad
+    /// path is found when the application starts, not when the first slow request comes.
+    pub fn new(dir: impl AsRef<Path>) -> std::io::Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| annotate(e, "cannot create", &dir))?;
+        let probe = dir.join(format!(".vigil-probe-{}", std::process::id()));
+        fs::write(&probe, b"").map_err(|e| annotate(e, "cannot write into", &dir))?;
+        let _ = fs::remove_file(&probe);
+        Ok(Self { dir })
+    }
+
+    /// The directory reports go to.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file stem of a report: `slow-<request id>-<capture>` or `slow-<request id>-done`.
+    pub fn file_stem(report: &SlowRequestReport) -> String {
+        match report.kind {
+            ReportKind::Completed => format!("slow-{}-done", report.request_id),
+            _ => format!("slow-{}-{}", report.request_id, report.capture),
+        }
+    }
+
+    fn write_atomically(&self, name: &str, contents: &[u8]) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_data()?;
+        fs::rename(&tmp, self.dir.join(name))
+    }
+}
+
+fn annotate(error: std::io::Error, what: &str, dir: &Path) -> std::io::Error {
+    std::io::Error::new(
+        error.kind(),
+        format!("FileSink: {what} {}: {error}", dir.display()),
+    )
+}
+
+impl Sink for FileSink {
+    fn name(&self) -> &str {
+        "file"
+    }
+
+    fn deliver(&self, report: &SlowRequestReport) -> Result<(), SinkError> {
+        let stem = Self::file_stem(report);
+        let json = serde_json::to_vec_pretty(report).map_err(SinkError::new)?;
+        self.write_atomically(&format!("{stem}.json"), &json)?;
+        self.write_atomically(&format!("{stem}.txt"), report.to_text().as_bytes())?;
+        Ok(())
+    }
+}

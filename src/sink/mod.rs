@@ -1,0 +1,84 @@
+//! Where reports go: the [`Sink`] trait and the built-in sinks.
+//!
+//! Sinks run on the reporter thread, one report at a time, never on a request's path or in the
+//! monitor loop. A sink that fails or panics never affects requests: the failure is logged
+//! with `tracing` and counted in [`crate::watchdog::WatchdogStats::sink_failures`].
+//!
+//! | sink | what it does |
+//! |---|---|
+//! | [`LogSink`] | one `tracing` event per report, with structured fields and the text report |
+//! | [`FileSink`] | one `.txt` and one `.json` file per report in a directory |
+//!
+//! # Writing a sink
+//!
+//! ```
+//! use tower_vigil::report::SlowRequestReport;
+//! use tower_vigil::sink::{Sink, SinkError};
+//!
+//! struct Stderr;
+//!
+//! impl Sink for Stderr {
+//!     fn deliver(&self, report: &SlowRequestReport) -> Result<(), SinkError> {
+//!         eprintln!("{}", report.to_text());
+//!         Ok(())
+//!     }
+//! }
+//! ```
+
+mod file;
+mod log;
+pub(crate) mod reporter;
+
+pub use self::file::FileSink;
+pub use self::log::LogSink;
+
+use std::fmt;
+
+use crate::report::SlowRequestReport;
+
+/// A destination for slow-request reports.
+///
+/// `deliver` is called on the reporter thread, so it may block (write files, talk to a
+/// server), but the time it takes delays the reports behind it.
+pub trait Sink: Send + Sync + 'static {
+    /// A short name used in logs about this sink's failures. Defaults to the type name.
+    fn name(&self) -> &str {
+        std::any::type_name::<Self>()
+    }
+
+    /// Delivers one report.
+    fn deliver(&self, report: &SlowRequestReport) -> Result<(), SinkError>;
+}
+
+/// Why a sink could not deliver a report.
+#[derive(Debug)]
+pub struct SinkError {
+    inner: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl SinkError {
+    /// Wraps any error.
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            inner: error.into(),
+        }
+    }
+}
+
+impl fmt::Display for SinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl std::error::Error for SinkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.inner)
+    }
+}
+
+impl From<std::io::Error> for SinkError {
+    fn from(error: std::io::Error) -> Self {
+        Self::new(error)
+    }
+}

@@ -1,0 +1,178 @@
+//! The reporter thread: turns raw captures into reports and hands them to the sinks.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::Sink;
+use crate::report::{
+    rfc3339, Completion, ReportKind, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
+};
+use crate::stack::{self, RawStack};
+
+/// Everything the monitor collected about a request, before symbolization.
+pub(crate) struct PendingReport {
+    pub(crate) kind: ReportKind,
+    pub(crate) request_id: u64,
+    pub(crate) capture: u32,
+    pub(crate) intercepted_at: SystemTime,
+    pub(crate) started_at: SystemTime,
+    pub(crate) elapsed: Duration,
+    pub(crate) method: String,
+    pub(crate) uri: String,
+    pub(crate) version: String,
+    pub(crate) route_key: String,
+    pub(crate) host: Option<String>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) thread: Option<ThreadInfo>,
+    pub(crate) stack: Result<RawStack, StackStatus>,
+    pub(crate) spans: SpanTree,
+    pub(crate) completion: Option<Completion>,
+}
+
+impl PendingReport {
+    fn into_report(self) -> SlowRequestReport {
+        let (stack_status, stack) = match self.stack {
+            Ok(raw) => (StackStatus::Captured, stack::resolve(&raw)),
+            Err(status) => (status, Vec::new()),
+        };
+        SlowRequestReport {
+            kind: self.kind,
+            request_id: self.request_id,
+            capture: self.capture,
+            intercepted_at: rfc3339(self.intercepted_at),
+            method: self.method,
+            uri: self.uri,
+            version: self.version,
+            host: self.host,
+            headers: self.headers,
+            pid: std::process::id(),
+            hostname: crate::report::hostname().to_owned(),
+            thread: self.thread,
+            started_at: rfc3339(self.started_at),
+            elapsed_secs: self.elapsed.as_secs_f64(),
+            stack_status,
+            stack,
+            spans: self.spans,
+            completion: self.completion,
+            route_key: self.route_key,
+        }
+    }
+}
+
+enum Message {
+    Report(Box<PendingReport>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// Counters kept by the reporter thread.
+#[derive(Debug, Default)]
+pub(crate) struct DeliveryCounters {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) sink_failures: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+/// Handle to the reporter thread; the thread ends when the handle is dropped and the queue is
+/// drained.
+pub(crate) struct Reporter {
+    queue: SyncSender<Message>,
+    pub(crate) counters: Arc<DeliveryCounters>,
+}
+
+impl Reporter {
+    pub(crate) fn start(sinks: Vec<Arc<dyn Sink>>, capacity: usize) -> std::io::Result<Self> {
+        let (queue, receiver) = mpsc::sync_channel(capacity);
+        let counters = Arc::new(DeliveryCounters::default());
+        let thread_counters = counters.clone();
+        std::thread::Builder::new()
+            .name("vigil-reporter".into())
+            .spawn(move || run(receiver, sinks, thread_counters))?;
+        Ok(Self { queue, counters })
+    }
+
+    /// Queues a report without blocking; a full queue drops it and counts the drop.
+    pub(crate) fn submit(&self, report: PendingReport) -> bool {
+        match self.queue.try_send(Message::Report(Box::new(report))) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        target: "tower_vigil",
+                        dropped,
+                        "slow-request report queue is full; report dropped"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Waits until every report queued before the call has been handed to the sinks.
+    pub(crate) fn flush(&self, timeout: Duration) -> bool {
+        let (done, wait) = mpsc::channel();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut message = Message::Flush(done);
+        loop {
+            match self.queue.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return false;
+                    }
+                    message = m;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Disconnected(_)) => return true,
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        wait.recv_timeout(left).is_ok()
+    }
+}
+
+fn run(receiver: Receiver<Message>, sinks: Vec<Arc<dyn Sink>>, counters: Arc<DeliveryCounters>) {
+    for message in receiver {
+        match message {
+            Message::Report(pending) => {
+                let report = pending.into_report();
+                for sink in &sinks {
+                    deliver(sink.as_ref(), &report, &counters);
+                }
+            }
+            Message::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+fn deliver(sink: &dyn Sink, report: &SlowRequestReport, counters: &DeliveryCounters) {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| sink.deliver(report))) {
+        Ok(Ok(())) => {
+            counters.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(error)) => {
+            counters.sink_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                target: "tower_vigil",
+                sink = sink.name(),
+                request_id = report.request_id,
+                %error,
+                "slow-request sink failed"
+            );
+        }
+        Err(_) => {
+            counters.sink_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                target: "tower_vigil",
+                sink = sink.name(),
+                request_id = report.request_id,
+                "slow-request sink panicked"
+            );
+        }
+    }
+}

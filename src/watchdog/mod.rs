@@ -1,0 +1,66 @@
+//! Reports requests that are still running past a threshold, with the stack of the thread
+//! polling them or the spans they wait in, while they are still running.
+//!
+//! This is Django's dogslow for tower. [`WatchdogLayer`] registers every request in an
+//! in-flight registry (a reused slot, a few atomics, no timer). One monitor OS thread, outside
+//! the async runtime, wakes when the oldest request reaches the threshold and:
+//!
+//! - if a thread is polling the request (blocked in a system call or busy on the CPU), sends a
+//!   signal to exactly that thread and records its native stack;
+//! - if no thread is polling it (it is pending, waiting for IO or a timer), records the open
+//!   tracing spans under the request, provided [`crate::spans::SpanLayer`] is installed.
+//!
+//! The report goes to the configured [`sinks`](crate::sink) on a reporter thread. It is made
+//! again at 2× and 4× the threshold while the request runs, and once more when it finishes.
+//!
+//! # Example
+//!
+//! With axum's `Router::layer`:
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{routing::get, Router};
+//! use tower_vigil::sink::{FileSink, LogSink};
+//! use tower_vigil::watchdog::WatchdogLayer;
+//!
+//! # fn main() -> std::io::Result<()> {
+//! # let dir = std::env::temp_dir().join("vigil-doc-watchdog");
+//! let watchdog = WatchdogLayer::new(Duration::from_secs(5))
+//!     .sink(FileSink::new(&dir)?)
+//!     .sink(LogSink::default());
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(watchdog.clone());
+//! // Later: counters of the same watchdog.
+//! assert_eq!(watchdog.stats().reported, 0);
+//! # Ok(()) }
+//! ```
+//!
+//! With tower's `ServiceBuilder`:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_vigil::watchdog::WatchdogLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let service = ServiceBuilder::new()
+//!     .layer(WatchdogLayer::new(Duration::from_secs(25)))
+//!     .service(service_fn(|_: Request<String>| async {
+//!         Ok::<_, Infallible>(Response::new(String::from("ok")))
+//!     }));
+//! let response = service.oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(response.body(), "ok");
+//! # }
+//! ```
+
+mod future;
+mod layer;
+mod service;
+
+pub use self::future::ResponseFuture;
+pub use self::layer::{ConfigError, WatchdogLayer, WatchdogStats};
+pub use self::service::Watchdog;
