@@ -1,0 +1,177 @@
+//! Shared helpers: a real axum server on 127.0.0.1:0, a real HTTP client, report collectors.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower_vigil::report::SlowRequestReport;
+use tower_vigil::sink::{Sink, SinkError};
+
+/// Installs a global subscriber with the span layer, once per test binary.
+pub fn init_tracing() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        use tracing_subscriber::prelude::*;
+        tracing_subscriber::registry()
+            .with(tower_vigil::spans::SpanLayer::new())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_test_writer()
+                    .with_filter(tracing_subscriber::EnvFilter::new(
+                        std::env::var("VIGIL_TEST_LOG").unwrap_or_else(|_| "off".into()),
+                    )),
+            )
+            .init();
+    });
+}
+
+/// Serves `app` on the current runtime; returns the address.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}
+
+/// Serves `app` on a runtime of its own with `workers` worker threads, so a test can block
+/// every worker of the server while its client keeps running.
+pub fn serve_on_own_runtime(app: Router, workers: usize) -> (SocketAddr, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("server-worker")
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        addr
+    });
+    (addr, runtime)
+}
+
+/// One GET with extra headers; returns status and body.
+pub async fn http_get(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::get(format!("http://{addr}{path_and_query}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Empty::new()).unwrap())
+        .await
+        .expect("request failed");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A sink that keeps every report in memory.
+#[derive(Clone, Default)]
+pub struct Collect {
+    pub reports: Arc<Mutex<Vec<SlowRequestReport>>>,
+}
+
+impl Collect {
+    pub fn all(&self) -> Vec<SlowRequestReport> {
+        self.reports.lock().unwrap().clone()
+    }
+
+    /// Waits until `predicate` holds for some report, up to `timeout`.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        predicate: impl Fn(&SlowRequestReport) -> bool,
+    ) -> Option<SlowRequestReport> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.all().into_iter().find(|r| predicate(r)) {
+                return Some(found);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Sink for Collect {
+    fn name(&self) -> &str {
+        "collect"
+    }
+
+    fn deliver(&self, report: &SlowRequestReport) -> Result<(), SinkError> {
+        self.reports.lock().unwrap().push(report.clone());
+        Ok(())
+    }
+}
+
+/// A fresh, empty directory under the target directory.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Waits until a file with this exact name exists in `dir`.
+pub fn wait_for_file(dir: &Path, name: &str, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(contents) = std::fs::read_to_string(dir.join(name)) {
+            return Some(contents);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Names of the functions in a report's stack.
+pub fn stack_functions(report: &SlowRequestReport) -> Vec<String> {
+    report
+        .stack
+        .iter()
+        .filter_map(|f| f.function.clone())
+        .collect()
+}
+
+/// Waits until a file whose name ends with `suffix` exists in `dir`; returns its path.
+pub fn wait_for_file_ending(dir: &Path, suffix: &str, timeout: Duration) -> Option<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(suffix) && !name.starts_with('.') {
+                    return Some(entry.path());
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
