@@ -129,7 +129,9 @@ impl Core {
             let stack = result.map_err(|error| match error {
                 CaptureError::PollEnded => StackStatus::PollEnded,
                 CaptureError::TimedOut { .. } => {
-                    self.counters.capture_timeouts.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .capture_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
                     StackStatus::TimedOut {
                         waited_ms: self.settings.capture_timeout.as_millis() as u64,
                     }

@@ -135,10 +135,16 @@ impl Slot {
 /// What the monitor sees of a slot in one scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Seen {
-    Running { id: u64 },
-    Stuck { id: u64 },
+    Running {
+        id: u64,
+    },
+    Stuck {
+        id: u64,
+    },
     /// Finished after it was reported stuck: the completion record is still owed.
-    FinishedAfterStuck { id: u64 },
+    FinishedAfterStuck {
+        id: u64,
+    },
 }
 
 struct Shard {
@@ -218,7 +224,11 @@ impl Registry {
                 }
             }
         };
-        let generation = slot.generation.fetch_add(1, Ordering::Relaxed).wrapping_add(1) & 0x3fff_ffff;
+        let generation = slot
+            .generation
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            & 0x3fff_ffff;
         let generation = generation.max(1);
         let id = (u64::from(generation) << 32) | u64::from(slot.number);
         slot.started_ns.store(started_ns, Ordering::Relaxed);
@@ -323,7 +333,9 @@ impl Registration {
             self.registry.lock(self.shard).free.push(index);
             return false;
         }
-        self.slot.finished_ns.store(self.registry.clock.now_ns(), Ordering::Relaxed);
+        self.slot
+            .finished_ns
+            .store(self.registry.clock.now_ns(), Ordering::Relaxed);
         self.slot.due_ns.store(0, Ordering::Relaxed);
         self.slot
             .word

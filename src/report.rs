@@ -483,7 +483,10 @@ impl SlowRequestReport {
             let _ = writeln!(out, "Open spans: none under this request.");
             return;
         }
-        let _ = writeln!(out, "Open spans (root > ... > deepest, age of the deepest):");
+        let _ = writeln!(
+            out,
+            "Open spans (root > ... > deepest, age of the deepest):"
+        );
         for chain in chains {
             let _ = writeln!(out, "  {chain}");
         }
@@ -593,7 +596,10 @@ mod tests {
             .unwrap();
         let mut meta = RequestMeta::default();
         capture(&["token", "api_key"]).fill(&request, &mut meta);
-        assert_eq!(meta.uri, "/a?token=[redacted]&x=1&api%5Fkey=[redacted]&flag");
+        assert_eq!(
+            meta.uri,
+            "/a?token=[redacted]&x=1&api%5Fkey=[redacted]&flag"
+        );
         let headers: Vec<_> = meta.headers[..meta.header_count]
             .iter()
             .map(|(n, v)| (n.as_str().to_owned(), v.clone()))

@@ -110,7 +110,8 @@ pub(crate) fn snapshot(request: u64) -> SpanTree {
         .cloned()
         .unwrap_or_default();
     let now = Instant::now();
-    let index_of: HashMap<u64, usize> = records.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+    let index_of: HashMap<u64, usize> =
+        records.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
     let parent_of: Vec<Option<usize>> = records
         .iter()
         .map(|r| r.parent.and_then(|p| index_of.get(&p).copied()))
@@ -128,7 +129,11 @@ pub(crate) fn snapshot(request: u64) -> SpanTree {
         spans.push(OpenSpan {
             name: record.name.to_owned(),
             target: record.target.to_owned(),
-            fields: record.fields.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            fields: record
+                .fields
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             age_secs: now.saturating_duration_since(record.opened).as_secs_f64(),
             entered: record.entered.load(Ordering::Relaxed) > 0,
             depth,
@@ -211,7 +216,8 @@ where
             .entry(request)
             .or_default()
             .push(record.clone());
-        span.extensions_mut().insert(Attribution { request, record });
+        span.extensions_mut()
+            .insert(Attribution { request, record });
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {

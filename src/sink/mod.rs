@@ -48,6 +48,15 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Delivers one report.
     fn deliver(&self, report: &SlowRequestReport) -> Result<(), SinkError>;
+
+    /// Finishes work the sink has queued of its own (a sink with its own delivery thread,
+    /// retries or digests), waiting until `deadline` at the latest. Returns false if work was
+    /// left undone. Called on the reporter thread by [`crate::watchdog::WatchdogLayer::flush`],
+    /// after every queued report has been delivered. The default does nothing.
+    fn flush(&self, deadline: std::time::Instant) -> bool {
+        let _ = deadline;
+        true
+    }
 }
 
 /// Why a sink could not deliver a report.

@@ -64,7 +64,10 @@ impl PendingReport {
 
 enum Message {
     Report(Box<PendingReport>),
-    Flush(mpsc::Sender<()>),
+    Flush {
+        deadline: std::time::Instant,
+        done: mpsc::Sender<bool>,
+    },
 }
 
 /// Counters kept by the reporter thread.
@@ -115,7 +118,7 @@ impl Reporter {
     pub(crate) fn flush(&self, timeout: Duration) -> bool {
         let (done, wait) = mpsc::channel();
         let deadline = std::time::Instant::now() + timeout;
-        let mut message = Message::Flush(done);
+        let mut message = Message::Flush { deadline, done };
         loop {
             match self.queue.try_send(message) {
                 Ok(()) => break,
@@ -130,21 +133,39 @@ impl Reporter {
             }
         }
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        wait.recv_timeout(left).is_ok()
+        wait.recv_timeout(left).unwrap_or(false)
     }
 }
 
 fn run(receiver: Receiver<Message>, sinks: Vec<Arc<dyn Sink>>, counters: Arc<DeliveryCounters>) {
+    // Loading debug info takes from milliseconds to seconds for a large binary; do it now so
+    // the first report is not late.
+    let started = std::time::Instant::now();
+    stack::warm_up();
+    tracing::debug!(target: "tower_vigil", elapsed = ?started.elapsed(), "symbolizer warmed up");
     for message in receiver {
         match message {
             Message::Report(pending) => {
+                let started = std::time::Instant::now();
                 let report = pending.into_report();
+                tracing::debug!(
+                    target: "tower_vigil",
+                    frames = report.stack.len(),
+                    elapsed = ?started.elapsed(),
+                    "report symbolized"
+                );
                 for sink in &sinks {
                     deliver(sink.as_ref(), &report, &counters);
                 }
             }
-            Message::Flush(done) => {
-                let _ = done.send(());
+            Message::Flush { deadline, done } => {
+                let mut complete = true;
+                for sink in &sinks {
+                    let flushed =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| sink.flush(deadline)));
+                    complete &= flushed.unwrap_or(false);
+                }
+                let _ = done.send(complete);
             }
         }
     }

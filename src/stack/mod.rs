@@ -28,7 +28,7 @@
 
 mod symbolize;
 
-pub(crate) use symbolize::resolve;
+pub(crate) use symbolize::{resolve, warm_up};
 pub use symbolize::{Frame, FrameOrigin};
 
 use std::cell::Cell;
@@ -267,7 +267,9 @@ fn interrupted_pc(context: *mut libc::c_void) -> usize {
         return 0;
     }
     // SAFETY: for an SA_SIGINFO handler the kernel passes a valid ucontext_t as third argument.
-    unsafe { (*(context as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] as usize }
+    unsafe {
+        (*(context as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] as usize
+    }
 }
 
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
@@ -313,7 +315,11 @@ fn claim_slot() -> Option<&'static CaptureSlot> {
 
 /// Captures the native stack of thread `tid`, provided it is still polling `request_id` when
 /// the signal lands.
-pub(crate) fn capture(tid: i32, request_id: u64, timeout: Duration) -> Result<RawStack, CaptureError> {
+pub(crate) fn capture(
+    tid: i32,
+    request_id: u64,
+    timeout: Duration,
+) -> Result<RawStack, CaptureError> {
     let signal = capture_signal().map_err(CaptureError::Unavailable)?;
     let slot = claim_slot().ok_or(CaptureError::NoFreeSlot)?;
     slot.target_tid.store(tid, Ordering::Relaxed);
@@ -461,7 +467,8 @@ pub(crate) mod test_support {
     }
 
     pub(crate) fn slot_is_free(index: usize) -> bool {
-        SLOTS[index].state.load(Ordering::Acquire) == FREE && !SLOTS[index].abandoned.load(Ordering::Acquire)
+        SLOTS[index].state.load(Ordering::Acquire) == FREE
+            && !SLOTS[index].abandoned.load(Ordering::Acquire)
     }
 
     pub(crate) fn finish_writing(index: usize) {

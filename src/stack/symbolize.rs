@@ -59,14 +59,28 @@ pub(crate) fn resolve(stack: &RawStack) -> Vec<Frame> {
     for (index, &ip) in stack.ips.iter().enumerate() {
         // Return addresses point after the call; `backtrace::resolve` looks one byte back,
         // which is wrong only for the exact interrupted instruction.
-        let lookup = if index == 0 && stack.first_is_exact { ip + 1 } else { ip };
+        let lookup = if index == 0 && stack.first_is_exact {
+            ip + 1
+        } else {
+            ip
+        };
         frames.extend(resolve_one(lookup, ip).iter().cloned());
     }
     frames
 }
 
+/// Loads the symbol tables of this binary by resolving one of its own addresses.
+pub(crate) fn warm_up() {
+    let here = warm_up as *const () as usize;
+    resolve_one(here + 1, here);
+}
+
 fn resolve_one(lookup: usize, ip: usize) -> Arc<[Frame]> {
-    if let Some(hit) = cache().lock().unwrap_or_else(|e| e.into_inner()).get(&lookup) {
+    if let Some(hit) = cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&lookup)
+    {
         return hit.clone();
     }
     let mut symbols = Vec::new();
@@ -163,9 +177,32 @@ pub(crate) fn classify(function: Option<&str>, file: Option<&str>) -> FrameOrigi
     }
 }
 
+const PRIMITIVES: &[&str] = &[
+    "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32",
+    "f64", "bool", "char", "str",
+];
+
 /// The crate a demangled path belongs to: `a::b` gives `a`; `<a::T as b::Trait>::m` gives `a`,
-/// the implementing type's crate, because that is whose code runs.
+/// the implementing type's crate, because that is whose code runs. Methods of primitive types
+/// belong to `core`; for a generic parameter (`<F as axum::Handler>::call`) the trait's crate
+/// is the best guess.
 fn leading_crate(name: &str) -> &str {
+    let first = first_path_segment(name);
+    if PRIMITIVES.contains(&first) || name.starts_with("<[") || name.starts_with("<(") {
+        return "core";
+    }
+    let is_generic_param = name.starts_with('<')
+        && first.len() <= 2
+        && first.starts_with(|c: char| c.is_ascii_uppercase());
+    if is_generic_param {
+        if let Some((_, rest)) = name.split_once(" as ") {
+            return first_path_segment(rest);
+        }
+    }
+    first
+}
+
+fn first_path_segment(name: &str) -> &str {
     let mut rest = name.trim_start_matches(['<', '&', '*', ' ', '(', '[']);
     rest = rest.strip_prefix("mut ").unwrap_or(rest);
     rest = rest.strip_prefix("dyn ").unwrap_or(rest);
@@ -189,7 +226,9 @@ mod tests {
         );
         assert_eq!(
             classify(
-                Some("<axum::routing::route::RouteFuture<E> as core::future::future::Future>::poll"),
+                Some(
+                    "<axum::routing::route::RouteFuture<E> as core::future::future::Future>::poll"
+                ),
                 None
             ),
             FrameOrigin::Framework
@@ -210,6 +249,31 @@ mod tests {
             FrameOrigin::Vigil
         );
         assert_eq!(classify(Some("clock_nanosleep"), None), FrameOrigin::System);
+        assert_eq!(
+            classify(Some("<u64>::unchecked_add"), None),
+            FrameOrigin::Std
+        );
+        assert_eq!(
+            classify(
+                Some("<u64 as core::iter::range::Step>::forward_unchecked"),
+                None
+            ),
+            FrameOrigin::Std
+        );
+        assert_eq!(
+            classify(
+                Some("<F as axum::handler::Handler<((),),S>>::call::{{closure}}"),
+                None
+            ),
+            FrameOrigin::Framework
+        );
+        assert_eq!(
+            classify(
+                Some("<F as futures_core::future::TryFuture>::try_poll"),
+                None
+            ),
+            FrameOrigin::Framework
+        );
         assert_eq!(classify(None, None), FrameOrigin::System);
     }
 }

@@ -102,7 +102,10 @@ fn captures_the_target_threads_own_stack_without_allocating() {
     let stack = capture(busy.tid, 41, WAIT).expect("capture");
     let allocations = busy.finish();
     assert_eq!(allocations, 0, "the signal handler allocated");
-    assert!(stack.first_is_exact, "unwinder did not reach the interrupted instruction");
+    assert!(
+        stack.first_is_exact,
+        "unwinder did not reach the interrupted instruction"
+    );
     let names = function_names(&stack);
     assert!(
         names.iter().any(|n| n.contains("vigil_test_spin_marker")),
@@ -137,7 +140,10 @@ fn an_exited_thread_is_reported_gone() {
     // must refuse, because it does not poll request 77.
     let result = capture(tid, 77, WAIT);
     assert!(
-        matches!(result, Err(CaptureError::ThreadGone) | Err(CaptureError::PollEnded)),
+        matches!(
+            result,
+            Err(CaptureError::ThreadGone) | Err(CaptureError::PollEnded)
+        ),
         "{result:?}"
     );
 }
@@ -203,5 +209,8 @@ fn the_counting_allocator_sees_allocations_of_the_counting_thread() {
     })
     .join()
     .unwrap();
-    assert!(counted >= 1, "the allocation test would not notice an allocation");
+    assert!(
+        counted >= 1,
+        "the allocation test would not notice an allocation"
+    );
 }

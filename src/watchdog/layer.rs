@@ -245,7 +245,10 @@ impl WatchdogLayer {
     ///
     /// If `timeout` is zero.
     pub fn capture_timeout(mut self, timeout: Duration) -> Self {
-        assert!(!timeout.is_zero(), "capture_timeout must be greater than zero");
+        assert!(
+            !timeout.is_zero(),
+            "capture_timeout must be greater than zero"
+        );
         self.capture_timeout = timeout;
         self.changed()
     }
@@ -258,7 +261,10 @@ impl WatchdogLayer {
     ///
     /// If `resolution` is zero.
     pub fn resolution(mut self, resolution: Duration) -> Self {
-        assert!(!resolution.is_zero(), "resolution must be greater than zero");
+        assert!(
+            !resolution.is_zero(),
+            "resolution must be greater than zero"
+        );
         self.resolution = Some(resolution);
         self.changed()
     }
@@ -417,7 +423,10 @@ impl fmt::Debug for WatchdogLayer {
             .field("recapture_at", &self.recapture_at)
             .field("capture_stacks", &self.capture_stacks)
             .field("capture_timeout", &self.capture_timeout)
-            .field("sinks", &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>())
+            .field(
+                "sinks",
+                &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            )
             .field("headers", &self.headers)
             .field("redacted_query_params", &self.redacted_query_params)
             .field("ignore_paths", &self.ignore_paths)

@@ -63,7 +63,11 @@ pub fn serve_on_own_runtime(app: Router, workers: usize) -> (SocketAddr, tokio::
 }
 
 /// One GET with extra headers; returns status and body.
-pub async fn http_get(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &str)]) -> (u16, String) {
+pub async fn http_get(
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut request = http::Request::get(format!("http://{addr}{path_and_query}"));
     for (name, value) in headers {
