@@ -148,6 +148,12 @@ fn percent_decoded_eq(raw: &str, plain: &str) -> bool {
 /// Header values are usually ASCII; anything else is shown lossily, and control characters are
 /// escaped so a value cannot forge lines in a text report.
 fn push_header_value(value: &http::HeaderValue, out: &mut String) {
+    if let Ok(visible) = value.to_str() {
+        if !visible.contains('\t') {
+            out.push_str(visible);
+            return;
+        }
+    }
     for chunk in value.as_bytes().utf8_chunks() {
         for c in chunk.valid().chars() {
             if c.is_control() {
@@ -413,9 +419,12 @@ impl SlowRequestReport {
         if self.kind == ReportKind::Slow {
             let _ = writeln!(out, "Report:     {} for this request", self.capture);
         }
-        if !self.headers.is_empty() {
+        if self.headers.iter().any(|(name, _)| name != "host") {
             let _ = writeln!(out);
             for (name, value) in &self.headers {
+                if name == "host" {
+                    continue;
+                }
                 let _ = writeln!(out, "{name}: {value}");
             }
         }
@@ -507,8 +516,7 @@ fn write_frames(frames: &[Frame], out: &mut String) {
         } else {
             let mut crates: Vec<&str> = folded
                 .iter()
-                .filter_map(|f| f.function.as_deref())
-                .map(crate_of)
+                .map(|f| f.function.as_deref().map_or("system libraries", crate_of))
                 .collect();
             crates.sort_unstable();
             crates.dedup();
@@ -517,11 +525,7 @@ fn write_frames(frames: &[Frame], out: &mut String) {
                 out,
                 "      ... {} more frames in {}",
                 folded.len() - 1,
-                if crates.is_empty() {
-                    "system libraries".to_owned()
-                } else {
-                    crates.join(", ")
-                }
+                crates.join(", ")
             );
         }
         folded.clear();
@@ -538,8 +542,11 @@ fn write_frames(frames: &[Frame], out: &mut String) {
 }
 
 fn crate_of(function: &str) -> &str {
-    let trimmed = function.trim_start_matches(['<', '&']);
-    trimmed.split("::").next().unwrap_or(trimmed)
+    if function.contains("::") {
+        crate::stack::leading_crate(function)
+    } else {
+        "system libraries"
+    }
 }
 
 fn write_frame(frame: &Frame, marker: char, out: &mut String) {

@@ -28,7 +28,7 @@
 
 mod symbolize;
 
-pub(crate) use symbolize::{resolve, warm_up};
+pub(crate) use symbolize::{leading_crate, resolve, warm_up};
 pub use symbolize::{Frame, FrameOrigin};
 
 use std::cell::Cell;

@@ -1,0 +1,189 @@
+//! `cargo run --example demo`: every job of tower-vigil on embedded defaults.
+//!
+//! Starts an axum server on 127.0.0.1, sends it slow requests, prints where the reports went
+//! and exits. `cargo run --example demo -- --serve` keeps serving so you can try it with curl.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use axum::extract::Path as UrlPath;
+use axum::routing::get;
+use axum::Router;
+use tower_vigil::sink::{FileSink, LogSink};
+use tower_vigil::watchdog::WatchdogLayer;
+use tower_vigil::Vigil;
+use tracing_subscriber::prelude::*;
+
+const THRESHOLD: Duration = Duration::from_millis(500);
+
+/// A handler that blocks its worker thread, as a synchronous database driver would.
+async fn blocking_report() -> &'static str {
+    render_report_synchronously();
+    "rendered\n"
+}
+
+#[inline(never)]
+fn render_report_synchronously() {
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
+/// A handler that keeps its worker busy on the CPU.
+async fn busy_checksum() -> String {
+    format!("{:x}\n", compute_checksums(Duration::from_millis(1500)))
+}
+
+#[inline(never)]
+fn compute_checksums(duration: Duration) -> u64 {
+    let started = Instant::now();
+    let mut sum = 0u64;
+    while started.elapsed() < duration {
+        for i in 0..50_000u64 {
+            sum = std::hint::black_box(sum.rotate_left(5) ^ i.wrapping_mul(0x9e37_79b9));
+        }
+    }
+    sum
+}
+
+/// A handler that awaits inside spans, as an async database client would.
+async fn awaiting_report(UrlPath(id): UrlPath<u32>) -> String {
+    load_report(id).await
+}
+
+#[tracing::instrument]
+async fn load_report(id: u32) -> String {
+    let rows = query("select * from reports where id = $1").await;
+    format!("report {id}: {rows} rows\n")
+}
+
+#[tracing::instrument(name = "db.query")]
+async fn query(sql: &str) -> usize {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    42
+}
+
+fn app(vigil: Vigil) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { "tower-vigil demo: try /block, /busy, /await/42\n" }),
+        )
+        .route("/block", get(blocking_report))
+        .route("/busy", get(busy_checksum))
+        .route("/await/{id}", get(awaiting_report))
+        .layer(vigil)
+}
+
+async fn fetch(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+fn reports_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "txt"));
+    files.sort();
+    files
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let serve = std::env::args().any(|a| a == "--serve");
+    tracing_subscriber::registry()
+        .with(tower_vigil::spans::SpanLayer::new())
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
+        .init();
+
+    let out = PathBuf::from("vigil-demo-output");
+    let reports_dir = out.join("slow-requests");
+    let _ = std::fs::remove_dir_all(&reports_dir);
+    let watchdog = WatchdogLayer::new(THRESHOLD)
+        .sink(FileSink::new(&reports_dir)?)
+        .sink(LogSink::default().full_report(false))
+        .redact_query_param("token");
+    let vigil = Vigil::new().watchdog(watchdog.clone());
+
+    let listener = tokio::net::TcpListener::bind(if serve {
+        "127.0.0.1:3000"
+    } else {
+        "127.0.0.1:0"
+    })
+    .await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app(vigil)).await });
+    println!("tower-vigil demo serving on http://{addr}");
+    println!(
+        "watchdog threshold {THRESHOLD:?}; reports go to {}",
+        reports_dir.display()
+    );
+
+    if serve {
+        println!(
+            "try: curl http://{addr}/block   curl http://{addr}/busy   curl http://{addr}/await/42"
+        );
+        tokio::signal::ctrl_c().await?;
+        watchdog.flush(Duration::from_secs(5));
+        return Ok(());
+    }
+
+    println!("\n== watchdog: three slow requests (blocking, busy, awaiting)");
+    let (block, busy, awaiting) = tokio::join!(
+        fetch(addr, "/block"),
+        fetch(addr, "/busy"),
+        fetch(addr, "/await/42?token=hunter2"),
+    );
+    println!("responses: /block {block:?}, /busy {busy:?}, /await/42 {awaiting:?}");
+    watchdog.flush(Duration::from_secs(10));
+
+    let files = reports_in(&reports_dir);
+    println!(
+        "\n{} report files in {}:",
+        files.len() * 2,
+        reports_dir.display()
+    );
+    for file in &files {
+        println!("  {} (+ .json)", file.display());
+    }
+    for (route, marker) in [
+        ("/block", "render_report_synchronously"),
+        ("/busy", "compute_checksums"),
+        ("/await/42", "db.query"),
+    ] {
+        let first = files.iter().find_map(|f| {
+            let text = std::fs::read_to_string(f).ok()?;
+            (text.starts_with("Slow request intercepted") && text.contains(&format!("GET {route}")))
+                .then_some(text)
+        });
+        match first {
+            Some(text) => {
+                let found = if text.contains(marker) {
+                    "found"
+                } else {
+                    "MISSING"
+                };
+                println!("\n--- first report of {route} ({marker}: {found}) ---");
+                for line in text.lines().take(40) {
+                    println!("{line}");
+                }
+            }
+            None => println!("\n--- no report of {route} ---"),
+        }
+    }
+    let stats = watchdog.stats();
+    println!(
+        "\nwatchdog stats: reported {}, completed {}, dropped {}, sink failures {}",
+        stats.reported, stats.completed, stats.dropped, stats.sink_failures
+    );
+    Ok(())
+}

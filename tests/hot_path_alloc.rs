@@ -1,0 +1,117 @@
+//! A request that is not slow costs no heap allocation in the watchdog once its registry slot
+//! exists: proved with a counting global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{ready, Future, Ready};
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+use tower_vigil::watchdog::WatchdogLayer;
+
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: forwards to the system allocator; counting touches only an atomic and a
+// const-initialised thread-local.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.try_with(Cell::get).unwrap_or(false) {
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        }
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.try_with(Cell::get).unwrap_or(false) {
+            ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+#[derive(Clone, Copy)]
+struct Bare;
+
+impl Service<Request<()>> for Bare {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        ready(Ok(Response::new(())))
+    }
+}
+
+fn request() -> Request<()> {
+    Request::get("/api/jobs?token=secret&page=2")
+        .header("host", "example.com")
+        .header("user-agent", "counting-test")
+        .header("x-request-id", "abc-123")
+        .header("authorization", "Bearer x")
+        .body(())
+        .unwrap()
+}
+
+/// Runs one request through `service`, counting the allocations of the call and the poll.
+fn allocations_of_one_request(
+    service: &mut impl Service<Request<()>, Response = Response<()>>,
+) -> usize {
+    let request = request();
+    let mut cx = Context::from_waker(Waker::noop());
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
+    let future = service.call(request);
+    let mut future = pin!(future);
+    let ready = matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(_)));
+    COUNTING.with(|c| c.set(false));
+    assert!(ready);
+    ALLOCATIONS.load(Ordering::SeqCst) - before
+}
+
+#[test]
+fn requests_that_are_not_slow_do_not_allocate() {
+    let layer = WatchdogLayer::new(Duration::from_secs(25)).redact_query_param("token");
+    let mut service = layer.layer(Bare);
+    // The first request on this thread creates its slot and sizes its buffers.
+    for _ in 0..3 {
+        allocations_of_one_request(&mut service);
+    }
+    let total: usize = (0..1000)
+        .map(|_| allocations_of_one_request(&mut service))
+        .sum();
+    assert_eq!(total, 0, "allocations in 1000 requests");
+    assert_eq!(layer.stats().registry_slots, 1, "the one slot was reused");
+}
+
+#[test]
+fn the_counter_sees_an_allocating_layer() {
+    // The control: the same measurement notices a layer that allocates per request.
+    let mut service = tower::util::MapRequestLayer::new(|r: Request<()>| {
+        std::hint::black_box(Box::new(1u8));
+        r
+    })
+    .layer(Bare);
+    assert!(allocations_of_one_request(&mut service) >= 1);
+}
