@@ -62,62 +62,17 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-#[allow(dead_code)] // used by the timebox and profiler layers
 mod exempt;
+mod error;
 mod monitor;
 mod registry;
 pub mod report;
 pub mod sink;
 pub mod spans;
 mod stack;
+pub mod timebox;
+mod vigil;
 pub mod watchdog;
 
-use tower_layer::Layer;
-
-use crate::watchdog::{Watchdog, WatchdogLayer};
-
-/// Stacks tower-vigil's layers in the right order.
-///
-/// ```
-/// use std::time::Duration;
-/// use axum::{routing::get, Router};
-/// use tower_vigil::{watchdog::WatchdogLayer, Vigil};
-///
-/// let vigil = Vigil::new().watchdog(WatchdogLayer::new(Duration::from_secs(10)));
-/// let app: Router = Router::new()
-///     .route("/", get(|| async { "hello" }))
-///     .layer(vigil);
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct Vigil {
-    watchdog: Option<WatchdogLayer>,
-}
-
-impl Vigil {
-    /// A stack with no layer enabled; requests pass through untouched.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds the watchdog. Default: none.
-    pub fn watchdog(mut self, watchdog: WatchdogLayer) -> Self {
-        self.watchdog = Some(watchdog);
-        self
-    }
-
-    /// The watchdog, to read its [`stats`](WatchdogLayer::stats).
-    pub fn watchdog_layer(&self) -> Option<&WatchdogLayer> {
-        self.watchdog.as_ref()
-    }
-}
-
-impl<S> Layer<S> for Vigil {
-    type Service = Watchdog<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        match &self.watchdog {
-            Some(watchdog) => watchdog.layer(inner),
-            None => Watchdog::new(inner, None),
-        }
-    }
-}
+pub use crate::error::ConfigError;
+pub use crate::vigil::{Vigil, VigilFuture, VigilService};

@@ -6,12 +6,15 @@
 //! is still running, and hands the result to the reporter thread. Symbolization and the sinks
 //! run there, never here, so one slow sink or a cold symbol cache cannot delay the next capture.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use crate::registry::{Registry, Seen, Slot, NEVER};
-use crate::report::{Completion, ReportKind, RequestCapture, StackStatus, ThreadInfo};
+use crate::registry::{Dues, Registry, Seen, Slot, HARD_FIRED, NEVER, SOFT_FIRED, WEDGED};
+use crate::report::{
+    Completion, ReportKind, ReportTrigger, StackStatus, ThreadInfo,
+};
 use crate::sink::reporter::{PendingReport, Reporter};
 use crate::sink::Sink;
 use crate::stack::{self, CaptureError};
@@ -26,7 +29,23 @@ pub(crate) struct WatchSettings {
     pub(crate) recapture_at: Vec<u32>,
     pub(crate) capture_stacks: bool,
     pub(crate) capture_timeout: Duration,
-    pub(crate) resolution: Duration,
+}
+
+/// Called on the monitor thread with the number of wedged requests in the window.
+pub(crate) type EscalationHook = Arc<dyn Fn(usize) + Send + Sync>;
+
+/// What the monitor does for a timebox.
+#[derive(Clone)]
+pub(crate) struct DeadlineSettings {
+    pub(crate) soft_after: Duration,
+    pub(crate) hard_after: Duration,
+    pub(crate) escalation: Option<(usize, Duration, EscalationHook)>,
+}
+
+/// The watchdog part of a core.
+pub(crate) struct Watch {
+    pub(crate) settings: WatchSettings,
+    pub(crate) reporter: Reporter,
 }
 
 /// Counters written by the monitor thread.
@@ -35,40 +54,63 @@ pub(crate) struct MonitorCounters {
     pub(crate) reported: AtomicU64,
     pub(crate) completed: AtomicU64,
     pub(crate) capture_timeouts: AtomicU64,
-    pub(crate) scans: AtomicU64,
+    pub(crate) soft_cancellations: AtomicU64,
+    pub(crate) hard_deadlines: AtomicU64,
+    pub(crate) wedged: AtomicU64,
+    pub(crate) escalations: AtomicU64,
 }
 
-/// Registry, monitor and reporter of one watchdog (or one [`crate::Vigil`] stack).
+/// Registry, monitor and reporter of one layer, or of one [`crate::Vigil`] stack.
 pub(crate) struct Core {
     pub(crate) registry: Arc<Registry>,
-    pub(crate) settings: WatchSettings,
-    pub(crate) capture: RequestCapture,
-    pub(crate) reporter: Reporter,
+    pub(crate) watch: Option<Watch>,
+    pub(crate) deadlines: Option<DeadlineSettings>,
+    resolution: Duration,
     pub(crate) counters: MonitorCounters,
+    wedged_at: Mutex<VecDeque<u64>>,
+}
+
+/// Everything a core is started with.
+pub(crate) struct CoreConfig {
+    pub(crate) watch: Option<(WatchSettings, Vec<Arc<dyn Sink>>, usize)>,
+    pub(crate) deadlines: Option<DeadlineSettings>,
+    pub(crate) resolution: Duration,
+}
+
+/// What fired a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Threshold,
+    SoftDeadline,
+    HardDeadline,
 }
 
 impl Core {
-    pub(crate) fn start(
-        settings: WatchSettings,
-        capture: RequestCapture,
-        sinks: Vec<Arc<dyn Sink>>,
-        queue_capacity: usize,
-    ) -> std::io::Result<Arc<Self>> {
-        let reporter = Reporter::start(sinks, queue_capacity)?;
+    pub(crate) fn start(config: CoreConfig) -> std::io::Result<Arc<Self>> {
+        let watch = match config.watch {
+            Some((settings, sinks, queue_capacity)) => {
+                if settings.capture_stacks {
+                    // Claim the signal now, so a conflict shows up at start-up in the log, not
+                    // in the first report.
+                    if let Err(reason) = stack::capture_signal() {
+                        tracing::warn!(target: "tower_vigil", %reason, "native stack capture unavailable");
+                    }
+                }
+                Some(Watch {
+                    settings,
+                    reporter: Reporter::start(sinks, queue_capacity)?,
+                })
+            }
+            None => None,
+        };
         let core = Arc::new(Self {
             registry: Arc::new(Registry::new()),
-            settings,
-            capture,
-            reporter,
+            watch,
+            deadlines: config.deadlines,
+            resolution: config.resolution,
             counters: MonitorCounters::default(),
+            wedged_at: Mutex::new(VecDeque::new()),
         });
-        if core.settings.capture_stacks {
-            // Claim the signal now, so a conflict shows up at start-up in the log, not in the
-            // first report.
-            if let Err(reason) = stack::capture_signal() {
-                tracing::warn!(target: "tower_vigil", %reason, "native stack capture unavailable");
-            }
-        }
         let weak = Arc::downgrade(&core);
         let registry = core.registry.clone();
         let thread = std::thread::Builder::new()
@@ -78,50 +120,135 @@ impl Core {
         Ok(core)
     }
 
-    pub(crate) fn threshold_ns(&self) -> u64 {
-        self.settings.threshold.as_nanos() as u64
+    /// When each event of a request that starts at `started` falls due.
+    pub(crate) fn dues(&self, started: u64, watched: bool) -> Dues {
+        let after = |d: Duration| started.saturating_add(d.as_nanos() as u64);
+        Dues {
+            watch: match &self.watch {
+                Some(watch) if watched => after(watch.settings.threshold),
+                _ => NEVER,
+            },
+            soft: self.deadlines.as_ref().map_or(NEVER, |d| after(d.soft_after)),
+            hard: self.deadlines.as_ref().map_or(NEVER, |d| after(d.hard_after)),
+        }
     }
 
-    fn fire(&self, slot: &Slot, seen: Seen) {
+    fn fire(&self, slot: &Slot, seen: Seen, now: u64) {
         match seen {
             Seen::FinishedAfterStuck { id } => {
-                if let Some(report) = self.completion(slot, id) {
-                    if self.reporter.submit(report) {
-                        self.counters.completed.fetch_add(1, Ordering::Relaxed);
+                if let Some(watch) = &self.watch {
+                    if let Some(report) = self.completion(slot, id) {
+                        if watch.reporter.submit(report) {
+                            self.counters.completed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 self.registry.release_finished(slot, id);
             }
             Seen::Running { id } | Seen::Stuck { id } => {
-                if !slot.mark_stuck(id) {
+                if slot.current_id() != id {
                     return;
                 }
-                let capture = slot.reports() + 1;
-                slot.add_report();
-                let multiple = self.settings.recapture_at.get(capture as usize - 1);
-                let next = multiple.map_or(NEVER, |&m| {
-                    slot.started_ns()
-                        .saturating_add(self.threshold_ns().saturating_mul(u64::from(m)))
-                });
-                slot.set_due_ns(next);
-                let report = self.slow_report(slot, id, capture);
-                if let Some(report) = report {
-                    if self.reporter.submit(report) {
-                        self.counters.reported.fetch_add(1, Ordering::Relaxed);
+                if self.deadlines.is_some() {
+                    self.fire_deadlines(slot, id, now);
+                }
+                if let Some(watch) = &self.watch {
+                    if slot.watch_due_ns() <= now && slot.mark_stuck(id) {
+                        let capture = slot.reports() + 1;
+                        let multiple = watch.settings.recapture_at.get(capture as usize - 1);
+                        let threshold = watch.settings.threshold.as_nanos() as u64;
+                        slot.set_watch_due_ns(multiple.map_or(NEVER, |&m| {
+                            slot.started_ns()
+                                .saturating_add(threshold.saturating_mul(u64::from(m)))
+                        }));
+                        self.report(slot, id, Trigger::Threshold);
+                    }
+                }
+                slot.reschedule();
+            }
+        }
+    }
+
+    fn fire_deadlines(&self, slot: &Slot, id: u64, now: u64) {
+        if slot.take_soft_due(now) && slot.raise(id, SOFT_FIRED) {
+            self.counters.soft_cancellations.fetch_add(1, Ordering::Relaxed);
+            slot.soft_cancelled.notify_waiters();
+            // Evidence before the hard deadline: what the request does when asked to stop.
+            if self.watch.is_some() && slot.mark_stuck(id) {
+                self.report(slot, id, Trigger::SoftDeadline);
+            }
+        }
+        if slot.take_hard_due(now) {
+            let wedged = slot.polling_tid() != 0;
+            let flags = if wedged { HARD_FIRED | WEDGED } else { HARD_FIRED };
+            if slot.raise(id, flags) {
+                self.counters.hard_deadlines.fetch_add(1, Ordering::Relaxed);
+                slot.wake();
+                if wedged {
+                    self.counters.wedged.fetch_add(1, Ordering::Relaxed);
+                    self.escalate_if_needed(now);
+                    if self.watch.is_some() && slot.mark_stuck(id) {
+                        self.report(slot, id, Trigger::HardDeadline);
                     }
                 }
             }
         }
     }
 
-    fn slow_report(&self, slot: &Slot, id: u64, capture: u32) -> Option<PendingReport> {
+    fn escalate_if_needed(&self, now: u64) {
+        let Some((after, within, hook)) = self.deadlines.as_ref().and_then(|d| d.escalation.as_ref())
+        else {
+            return;
+        };
+        let mut wedged_at = self.wedged_at.lock().unwrap_or_else(|e| e.into_inner());
+        wedged_at.push_back(now);
+        let window = within.as_nanos() as u64;
+        while wedged_at.front().is_some_and(|&at| now.saturating_sub(at) > window) {
+            wedged_at.pop_front();
+        }
+        if wedged_at.len() >= *after {
+            let count = wedged_at.len();
+            wedged_at.clear();
+            drop(wedged_at);
+            self.counters.escalations.fetch_add(1, Ordering::Relaxed);
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(count))).is_err() {
+                tracing::error!(target: "tower_vigil", "timebox escalation hook panicked");
+            }
+        }
+    }
+
+    fn report(&self, slot: &Slot, id: u64, trigger: Trigger) {
+        let Some(watch) = &self.watch else {
+            return;
+        };
+        let capture = slot.reports() + 1;
+        slot.add_report();
+        if let Some(mut report) = self.slow_report(watch, slot, id, capture) {
+            report.trigger = match trigger {
+                Trigger::Threshold => ReportTrigger::Threshold,
+                Trigger::SoftDeadline => ReportTrigger::SoftDeadline,
+                Trigger::HardDeadline => ReportTrigger::HardDeadline,
+            };
+            if watch.reporter.submit(report) {
+                self.counters.reported.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn slow_report(
+        &self,
+        watch: &Watch,
+        slot: &Slot,
+        id: u64,
+        capture: u32,
+    ) -> Option<PendingReport> {
         let tid = slot.polling_tid();
-        let (stack, thread) = if !self.settings.capture_stacks {
+        let (stack, thread) = if !watch.settings.capture_stacks {
             (Err(StackStatus::Disabled), None)
         } else if tid == 0 {
             (Err(StackStatus::Pending), None)
         } else {
-            let result = stack::capture(tid, id, self.settings.capture_timeout);
+            let result = stack::capture(tid, id, watch.settings.capture_timeout);
             let thread = ThreadInfo {
                 tid,
                 name: stack::thread_name(tid),
@@ -133,7 +260,7 @@ impl Core {
                         .capture_timeouts
                         .fetch_add(1, Ordering::Relaxed);
                     StackStatus::TimedOut {
-                        waited_ms: self.settings.capture_timeout.as_millis() as u64,
+                        waited_ms: watch.settings.capture_timeout.as_millis() as u64,
                     }
                 }
                 CaptureError::ThreadGone => StackStatus::ThreadGone,
@@ -202,6 +329,7 @@ impl Core {
                 spans: Vec::new(),
             },
             completion: None,
+            trigger: ReportTrigger::Threshold,
         })
     }
 }
@@ -225,7 +353,6 @@ fn run(core: Weak<Core>, registry: Arc<Registry>) {
         let Some(core) = core.upgrade() else {
             return;
         };
-        core.counters.scans.fetch_add(1, Ordering::Relaxed);
         let now = registry.clock.now_ns();
         let mut next = NEVER;
         registry.scan(|slot, seen| {
@@ -237,10 +364,10 @@ fn run(core: Weak<Core>, registry: Arc<Registry>) {
             }
         });
         for (slot, seen) in due.drain(..) {
-            core.fire(&slot, seen);
+            core.fire(&slot, seen, now);
             next = next.min(slot.due_ns());
         }
-        let resolution = (core.settings.resolution.as_nanos() as u64).max(1);
+        let resolution = (core.resolution.as_nanos() as u64).max(1);
         drop(core);
 
         let now = registry.clock.now_ns();

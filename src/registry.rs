@@ -6,7 +6,10 @@
 
 use std::sync::atomic::{AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
 
 use crate::report::RequestMeta;
 
@@ -20,6 +23,31 @@ const FINISHED: u64 = 3;
 
 /// Sentinel for "nothing due".
 pub(crate) const NEVER: u64 = u64::MAX;
+
+const FLAG_BITS: u64 = 3;
+const FLAG_MASK: u64 = (1 << FLAG_BITS) - 1;
+/// The soft deadline has passed: the request's `Deadline` is cancelled.
+pub(crate) const SOFT_FIRED: u64 = 1;
+/// The hard deadline has passed: the response future must answer 503.
+pub(crate) const HARD_FIRED: u64 = 2;
+/// A thread was still inside the request's poll at the hard deadline.
+pub(crate) const WEDGED: u64 = 4;
+
+fn take_due(due: &AtomicU64, now: u64) -> bool {
+    let at = due.load(Ordering::Relaxed);
+    at <= now
+        && due
+            .compare_exchange(at, NEVER, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+}
+
+/// When each event of a request falls due, in registry nanoseconds ([`NEVER`] for none).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dues {
+    pub(crate) watch: u64,
+    pub(crate) soft: u64,
+    pub(crate) hard: u64,
+}
 
 /// Nanoseconds since the registry's epoch: a monotonic clock that fits in an atomic.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +84,17 @@ pub(crate) struct Slot {
     number: u32,
     generation: AtomicU32,
     started_ns: AtomicU64,
+    /// Earliest of the events below: what the monitor schedules by.
     due_ns: AtomicU64,
+    watch_due_ns: AtomicU64,
+    soft_due_ns: AtomicU64,
+    hard_due_ns: AtomicU64,
+    /// `id << FLAG_BITS | flags`, so a late flag can never land on a later request.
+    deadline_flags: AtomicU64,
+    /// Woken at the hard deadline: the response future of the timebox.
+    waker: Mutex<Option<Waker>>,
+    /// Woken at the soft deadline: every `Deadline::cancelled` of the request.
+    pub(crate) soft_cancelled: Notify,
     polling_tid: AtomicI32,
     reports: AtomicU32,
     finished_ns: AtomicU64,
@@ -73,6 +111,12 @@ impl Slot {
             generation: AtomicU32::new(0),
             started_ns: AtomicU64::new(0),
             due_ns: AtomicU64::new(NEVER),
+            watch_due_ns: AtomicU64::new(NEVER),
+            soft_due_ns: AtomicU64::new(NEVER),
+            hard_due_ns: AtomicU64::new(NEVER),
+            deadline_flags: AtomicU64::new(0),
+            waker: Mutex::new(None),
+            soft_cancelled: Notify::const_new(),
             polling_tid: AtomicI32::new(0),
             reports: AtomicU32::new(0),
             finished_ns: AtomicU64::new(0),
@@ -93,8 +137,82 @@ impl Slot {
         self.due_ns.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn set_due_ns(&self, due: u64) {
+    /// Recomputes the monitor's due time from the pending events.
+    pub(crate) fn reschedule(&self) {
+        let due = self
+            .watch_due_ns()
+            .min(self.soft_due_ns.load(Ordering::Relaxed))
+            .min(self.hard_due_ns.load(Ordering::Relaxed));
         self.due_ns.store(due, Ordering::Relaxed);
+    }
+
+    pub(crate) fn watch_due_ns(&self) -> u64 {
+        self.watch_due_ns.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_watch_due_ns(&self, due: u64) {
+        self.watch_due_ns.store(due, Ordering::Relaxed);
+    }
+
+    /// Takes the soft deadline if it has come: true once per request.
+    pub(crate) fn take_soft_due(&self, now: u64) -> bool {
+        take_due(&self.soft_due_ns, now)
+    }
+
+    /// Takes the hard deadline if it has come: true once per request.
+    pub(crate) fn take_hard_due(&self, now: u64) -> bool {
+        take_due(&self.hard_due_ns, now)
+    }
+
+    /// The slot's current request id, or 0 when free.
+    pub(crate) fn current_id(&self) -> u64 {
+        self.word.load(Ordering::Acquire) >> PHASE_BITS
+    }
+
+    /// Sets deadline flags for request `id`; false if the slot has moved on to another request.
+    pub(crate) fn raise(&self, id: u64, flags: u64) -> bool {
+        let mut current = self.deadline_flags.load(Ordering::Acquire);
+        loop {
+            if current >> FLAG_BITS != id {
+                return false;
+            }
+            match self.deadline_flags.compare_exchange_weak(
+                current,
+                current | flags,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Deadline flags of request `id`; a slot that moved on reports every deadline as passed,
+    /// because the request it was asked about is over.
+    pub(crate) fn flags(&self, id: u64) -> u64 {
+        let word = self.deadline_flags.load(Ordering::Acquire);
+        if word >> FLAG_BITS == id {
+            word & FLAG_MASK
+        } else {
+            SOFT_FIRED | HARD_FIRED
+        }
+    }
+
+    /// Stores the waker to call at the hard deadline, cloning only when it changed.
+    pub(crate) fn set_waker(&self, waker: &Waker) {
+        let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(current) if current.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    pub(crate) fn wake(&self) {
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     pub(crate) fn polling_tid(&self) -> i32 {
@@ -202,12 +320,12 @@ impl Registry {
         self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a request that started at `started_ns` and is first due at `due_ns`;
+    /// Registers a request that started at `started_ns` with events at `dues`;
     /// `fill` writes the request's description into the slot's reused buffers.
     pub(crate) fn register(
         self: &Arc<Self>,
         started_ns: u64,
-        due_ns: u64,
+        dues: Dues,
         fill: impl FnOnce(&mut RequestMeta),
     ) -> Registration {
         let shard = self.home_shard();
@@ -231,8 +349,13 @@ impl Registry {
             & 0x3fff_ffff;
         let generation = generation.max(1);
         let id = (u64::from(generation) << 32) | u64::from(slot.number);
+        let due_ns = dues.watch.min(dues.soft).min(dues.hard);
         slot.started_ns.store(started_ns, Ordering::Relaxed);
+        slot.watch_due_ns.store(dues.watch, Ordering::Relaxed);
+        slot.soft_due_ns.store(dues.soft, Ordering::Relaxed);
+        slot.hard_due_ns.store(dues.hard, Ordering::Relaxed);
         slot.due_ns.store(due_ns, Ordering::Relaxed);
+        slot.deadline_flags.store(id << FLAG_BITS, Ordering::Release);
         slot.reports.store(0, Ordering::Relaxed);
         slot.polling_tid.store(0, Ordering::Relaxed);
         {
@@ -308,6 +431,18 @@ impl Registration {
         self.id
     }
 
+    /// A handle to the request that does not own its registration.
+    pub(crate) fn handle(&self) -> RequestHandle {
+        RequestHandle {
+            slot: self.slot.clone(),
+            id: self.id,
+        }
+    }
+
+    pub(crate) fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
     pub(crate) fn set_polling(&self, tid: i32) {
         self.slot.polling_tid.store(tid, Ordering::Release);
     }
@@ -336,7 +471,6 @@ impl Registration {
         self.slot
             .finished_ns
             .store(self.registry.clock.now_ns(), Ordering::Relaxed);
-        self.slot.due_ns.store(0, Ordering::Relaxed);
         self.slot
             .word
             .compare_exchange(
@@ -346,6 +480,43 @@ impl Registration {
                 Ordering::Acquire,
             )
             .is_ok()
+    }
+}
+
+/// While alive, the registry and the signal handler know that this thread polls the request.
+pub(crate) struct PollingScope<'a> {
+    registration: &'a Registration,
+    _thread: crate::stack::PollScope,
+}
+
+impl<'a> PollingScope<'a> {
+    pub(crate) fn enter(registration: &'a Registration) -> Self {
+        let thread = crate::stack::PollScope::enter(registration.id());
+        registration.set_polling(crate::stack::current_tid());
+        Self {
+            registration,
+            _thread: thread,
+        }
+    }
+}
+
+impl Drop for PollingScope<'_> {
+    fn drop(&mut self) {
+        self.registration.set_polling(0);
+    }
+}
+
+/// A request's slot and id, without ownership: for deadlines and wake-ups. Every read checks
+/// that the slot still holds the same request.
+#[derive(Clone)]
+pub(crate) struct RequestHandle {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) id: u64,
+}
+
+impl RequestHandle {
+    pub(crate) fn flags(&self) -> u64 {
+        self.slot.flags(self.id)
     }
 }
 

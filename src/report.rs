@@ -179,6 +179,19 @@ pub enum ReportKind {
     Completed,
 }
 
+/// What made the monitor take a slow report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReportTrigger {
+    /// The watchdog's threshold, or one of its multiples.
+    Threshold,
+    /// The timebox's soft deadline: the request was asked to stop.
+    SoftDeadline,
+    /// The timebox's hard deadline, with a thread still inside the request's poll (wedged).
+    HardDeadline,
+}
+
 /// How the request's stack was (or was not) obtained.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -305,6 +318,8 @@ pub struct SlowRequestReport {
     pub request_id: u64,
     /// 1 for the first slow report of the request, 2 for the second, and so on.
     pub capture: u32,
+    /// What made the monitor take this report.
+    pub trigger: ReportTrigger,
     /// When this report was made (RFC 3339, UTC).
     pub intercepted_at: String,
     /// Request method.
@@ -417,7 +432,12 @@ impl SlowRequestReport {
         let _ = writeln!(out, "Started:    {}", self.started_at);
         let _ = writeln!(out, "Elapsed:    {}", format_secs(self.elapsed_secs));
         if self.kind == ReportKind::Slow {
-            let _ = writeln!(out, "Report:     {} for this request", self.capture);
+            let why = match self.trigger {
+                ReportTrigger::Threshold => "",
+                ReportTrigger::SoftDeadline => ", at the soft deadline (asked to stop)",
+                ReportTrigger::HardDeadline => ", at the hard deadline (wedged: still running)",
+            };
+            let _ = writeln!(out, "Report:     {} for this request{why}", self.capture);
         }
         if self.headers.iter().any(|(name, _)| name != "host") {
             let _ = writeln!(out);

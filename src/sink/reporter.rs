@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::Sink;
 use crate::report::{
-    rfc3339, Completion, ReportKind, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
+    rfc3339, Completion, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
 };
 use crate::stack::{self, RawStack};
 
@@ -17,6 +17,7 @@ pub(crate) struct PendingReport {
     pub(crate) kind: ReportKind,
     pub(crate) request_id: u64,
     pub(crate) capture: u32,
+    pub(crate) trigger: ReportTrigger,
     pub(crate) intercepted_at: SystemTime,
     pub(crate) started_at: SystemTime,
     pub(crate) elapsed: Duration,
@@ -42,6 +43,7 @@ impl PendingReport {
             kind: self.kind,
             request_id: self.request_id,
             capture: self.capture,
+            trigger: self.trigger,
             intercepted_at: rfc3339(self.intercepted_at),
             method: self.method,
             uri: self.uri,

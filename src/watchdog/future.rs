@@ -5,8 +5,7 @@ use std::task::{ready, Context, Poll};
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::registry::Registration;
-use crate::stack::{self, PollScope};
+use crate::registry::{PollingScope, Registration};
 
 pin_project! {
     /// Response future of [`super::Watchdog`].
@@ -59,25 +58,3 @@ where
     }
 }
 
-/// While alive, the registry and the signal handler know that this thread polls the request.
-pub(crate) struct PollingScope<'a> {
-    registration: &'a Registration,
-    _thread: PollScope,
-}
-
-impl<'a> PollingScope<'a> {
-    pub(crate) fn enter(registration: &'a Registration) -> Self {
-        let thread = PollScope::enter(registration.id());
-        registration.set_polling(stack::current_tid());
-        Self {
-            registration,
-            _thread: thread,
-        }
-    }
-}
-
-impl Drop for PollingScope<'_> {
-    fn drop(&mut self) {
-        self.registration.set_polling(0);
-    }
-}

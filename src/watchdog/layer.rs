@@ -8,7 +8,8 @@ use http::Request;
 use tower_layer::Layer;
 
 use super::Watchdog;
-use crate::monitor::{Core, WatchSettings};
+pub use crate::error::ConfigError;
+use crate::monitor::{Core, CoreConfig, WatchSettings};
 use crate::registry::Seen;
 use crate::report::RequestCapture;
 use crate::sink::Sink;
@@ -46,6 +47,7 @@ pub struct WatchdogLayer {
 pub(crate) struct Shared {
     pub(crate) core: Arc<Core>,
     pub(crate) filter: Filter,
+    pub(crate) capture: RequestCapture,
 }
 
 /// Which requests the watchdog leaves alone.
@@ -95,28 +97,6 @@ fn glob_match(pattern: &str, text: &str) -> bool {
     }
     p[pi..].iter().all(|&c| c == b'*')
 }
-
-/// An invalid watchdog configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Counters of one watchdog, from [`WatchdogLayer::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -341,8 +321,57 @@ impl WatchdogLayer {
         self.threshold
     }
 
-    fn default_resolution(&self) -> Duration {
-        (self.threshold / 20).clamp(Duration::from_millis(1), Duration::from_millis(100))
+    pub(crate) fn effective_resolution(&self) -> Duration {
+        self.resolution.unwrap_or_else(|| {
+            (self.threshold / 20).clamp(Duration::from_millis(1), Duration::from_millis(100))
+        })
+    }
+
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// What a core needs to run this watchdog.
+    pub(crate) fn watch_config(&self) -> (WatchSettings, Vec<Arc<dyn Sink>>, usize) {
+        let settings = WatchSettings {
+            threshold: self.threshold,
+            recapture_at: self.recapture_at.clone(),
+            capture_stacks: self.capture_stacks,
+            capture_timeout: self.capture_timeout,
+        };
+        (settings, self.sinks.clone(), self.queue_capacity)
+    }
+
+    fn request_capture(&self) -> RequestCapture {
+        RequestCapture {
+            headers: self.headers.clone(),
+            redacted_headers: self.redacted_headers.clone(),
+            redacted_query_params: self.redacted_query_params.clone(),
+        }
+    }
+
+    /// Ties this layer (and its clones, for `stats`) to a core, which may be shared with a
+    /// timebox in a [`crate::Vigil`] stack.
+    fn shared_with(&self, core: Arc<Core>) -> Arc<Shared> {
+        Arc::new(Shared {
+            core,
+            filter: Filter {
+                paths: self.ignore_paths.clone(),
+                predicate: self.ignore_if.clone(),
+            },
+            capture: self.request_capture(),
+        })
+    }
+
+    /// The shared state of this layer running on `core` (a [`crate::Vigil`] stack's), so that
+    /// [`WatchdogLayer::stats`] of this layer and its clones reads that core.
+    pub(crate) fn attach(&self, core: Arc<Core>) -> Arc<Shared> {
+        let shared = self.started.get_or_init(|| self.shared_with(core.clone()));
+        if Arc::ptr_eq(&shared.core, &core) {
+            shared.clone()
+        } else {
+            self.shared_with(core)
+        }
     }
 
     fn shared(&self) -> Option<Arc<Shared>> {
@@ -350,29 +379,15 @@ impl WatchdogLayer {
             return None;
         }
         let shared = self.started.get_or_init(|| {
-            let settings = WatchSettings {
-                threshold: self.threshold,
-                recapture_at: self.recapture_at.clone(),
-                capture_stacks: self.capture_stacks,
-                capture_timeout: self.capture_timeout,
-                resolution: self.resolution.unwrap_or_else(|| self.default_resolution()),
-            };
-            let capture = RequestCapture {
-                headers: self.headers.clone(),
-                redacted_headers: self.redacted_headers.clone(),
-                redacted_query_params: self.redacted_query_params.clone(),
-            };
-            let core = Core::start(settings, capture, self.sinks.clone(), self.queue_capacity)
-                .unwrap_or_else(|error| {
-                    panic!("tower-vigil: cannot start the watchdog threads: {error}")
-                });
-            Arc::new(Shared {
-                core,
-                filter: Filter {
-                    paths: self.ignore_paths.clone(),
-                    predicate: self.ignore_if.clone(),
-                },
+            let core = Core::start(CoreConfig {
+                watch: Some(self.watch_config()),
+                deadlines: None,
+                resolution: self.effective_resolution(),
             })
+            .unwrap_or_else(|error| {
+                panic!("tower-vigil: cannot start the watchdog threads: {error}")
+            });
+            self.shared_with(core)
         });
         Some(shared.clone())
     }
@@ -392,7 +407,10 @@ impl WatchdogLayer {
             }
             Seen::FinishedAfterStuck { .. } => {}
         });
-        let delivery = &core.reporter.counters;
+        let Some(watch) = &core.watch else {
+            return WatchdogStats::default();
+        };
+        let delivery = &watch.reporter.counters;
         WatchdogStats {
             in_flight,
             stuck_now,
@@ -409,8 +427,8 @@ impl WatchdogLayer {
     /// Waits until every report made so far has been handed to the sinks, for at most
     /// `timeout`; call it on graceful shutdown. Returns false if the time ran out.
     pub fn flush(&self, timeout: Duration) -> bool {
-        match self.started.get() {
-            Some(shared) => shared.core.reporter.flush(timeout),
+        match self.started.get().and_then(|shared| shared.core.watch.as_ref()) {
+            Some(watch) => watch.reporter.flush(timeout),
             None => true,
         }
     }

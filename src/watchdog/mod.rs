@@ -58,7 +58,7 @@
 //! ```
 
 mod future;
-mod layer;
+pub(crate) mod layer;
 mod service;
 
 pub use self::future::ResponseFuture;

@@ -5,7 +5,8 @@ use std::time::Instant;
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::future::{PollingScope, ResponseFuture};
+use super::future::ResponseFuture;
+use crate::registry::PollingScope;
 use super::layer::Shared;
 
 /// Middleware that reports requests still running past a threshold.
@@ -69,10 +70,11 @@ where
         }
         let core = &shared.core;
         let started = core.registry.clock.ns_at(Instant::now());
-        let due = started.saturating_add(core.threshold_ns());
         let registration = core
             .registry
-            .register(started, due, |meta| core.capture.fill(&request, meta));
+            .register(started, core.dues(started, true), |meta| {
+                shared.capture.fill(&request, meta)
+            });
         // Work done synchronously inside `call` belongs to the request too.
         let future = {
             let _polling = PollingScope::enter(&registration);

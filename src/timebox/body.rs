@@ -1,0 +1,151 @@
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::layer::Shared;
+use crate::registry::{Registration, HARD_FIRED};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// Response body of [`super::Timebox`]: the service's own body, or the timeout response.
+    ///
+    /// With [`super::TimeboxLayer::body_deadline`], the service's body ends with an error when
+    /// it is still streaming at the hard deadline, which aborts the connection.
+    pub struct TimeboxBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner {
+            #[pin]
+            body: B,
+            deadline: Option<BodyDeadline>,
+        },
+        Full {
+            data: Option<Bytes>,
+        },
+    }
+}
+
+/// Keeps the request registered while its body streams, so the monitor can wake the body at
+/// the hard deadline.
+struct BodyDeadline {
+    registration: Registration,
+    shared: Arc<Shared>,
+}
+
+impl<B> std::fmt::Debug for TimeboxBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Inner { deadline, .. } => f
+                .debug_struct("TimeboxBody::Inner")
+                .field("deadline", deadline)
+                .finish_non_exhaustive(),
+            Kind::Full { data } => f.debug_struct("TimeboxBody::Full").field("data", data).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for BodyDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyDeadline")
+            .field("request", &self.registration.id())
+            .finish()
+    }
+}
+
+impl<B> TimeboxBody<B> {
+    pub(crate) fn inner(body: B, deadline: Option<(Registration, Arc<Shared>)>) -> Self {
+        Self {
+            kind: Kind::Inner {
+                body,
+                deadline: deadline.map(|(registration, shared)| BodyDeadline {
+                    registration,
+                    shared,
+                }),
+            },
+        }
+    }
+
+    pub(crate) fn full(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+}
+
+/// The response body outlived the request's hard deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyDeadlineElapsed;
+
+impl std::fmt::Display for BodyDeadlineElapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("response body outlived the request's hard deadline")
+    }
+}
+
+impl std::error::Error for BodyDeadlineElapsed {}
+
+impl<B> Body for TimeboxBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            KindProj::Inner { body, deadline } => {
+                if let Some(guard) = deadline.as_ref() {
+                    let slot = guard.registration.slot();
+                    slot.set_waker(cx.waker());
+                    if slot.flags(guard.registration.id()) & HARD_FIRED != 0 {
+                        guard
+                            .shared
+                            .counters
+                            .body_timeouts
+                            .fetch_add(1, Ordering::Relaxed);
+                        *deadline = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyDeadlineElapsed))));
+                    }
+                }
+                let frame = body.poll_frame(cx).map_err(Into::into);
+                if let Poll::Ready(None) = frame {
+                    *deadline = None;
+                }
+                frame
+            }
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body, .. } => body.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body, .. } => body.size_hint(),
+            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
