@@ -62,8 +62,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-mod exempt;
 mod error;
+mod exempt;
 mod monitor;
 mod registry;
 pub mod report;

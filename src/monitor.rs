@@ -12,9 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use crate::registry::{Dues, Registry, Seen, Slot, HARD_FIRED, NEVER, SOFT_FIRED, WEDGED};
-use crate::report::{
-    Completion, ReportKind, ReportTrigger, StackStatus, ThreadInfo,
-};
+use crate::report::{Completion, ReportKind, ReportTrigger, StackStatus, ThreadInfo};
 use crate::sink::reporter::{PendingReport, Reporter};
 use crate::sink::Sink;
 use crate::stack::{self, CaptureError};
@@ -70,9 +68,12 @@ pub(crate) struct Core {
     wedged_at: Mutex<VecDeque<u64>>,
 }
 
+/// The watchdog part of a core's configuration: settings, sinks and the queue capacity.
+pub(crate) type WatchConfig = (WatchSettings, Vec<Arc<dyn Sink>>, usize);
+
 /// Everything a core is started with.
 pub(crate) struct CoreConfig {
-    pub(crate) watch: Option<(WatchSettings, Vec<Arc<dyn Sink>>, usize)>,
+    pub(crate) watch: Option<WatchConfig>,
     pub(crate) deadlines: Option<DeadlineSettings>,
     pub(crate) resolution: Duration,
 }
@@ -128,8 +129,14 @@ impl Core {
                 Some(watch) if watched => after(watch.settings.threshold),
                 _ => NEVER,
             },
-            soft: self.deadlines.as_ref().map_or(NEVER, |d| after(d.soft_after)),
-            hard: self.deadlines.as_ref().map_or(NEVER, |d| after(d.hard_after)),
+            soft: self
+                .deadlines
+                .as_ref()
+                .map_or(NEVER, |d| after(d.soft_after)),
+            hard: self
+                .deadlines
+                .as_ref()
+                .map_or(NEVER, |d| after(d.hard_after)),
         }
     }
 
@@ -171,7 +178,9 @@ impl Core {
 
     fn fire_deadlines(&self, slot: &Slot, id: u64, now: u64) {
         if slot.take_soft_due(now) && slot.raise(id, SOFT_FIRED) {
-            self.counters.soft_cancellations.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .soft_cancellations
+                .fetch_add(1, Ordering::Relaxed);
             slot.soft_cancelled.notify_waiters();
             // Evidence before the hard deadline: what the request does when asked to stop.
             if self.watch.is_some() && slot.mark_stuck(id) {
@@ -180,7 +189,11 @@ impl Core {
         }
         if slot.take_hard_due(now) {
             let wedged = slot.polling_tid() != 0;
-            let flags = if wedged { HARD_FIRED | WEDGED } else { HARD_FIRED };
+            let flags = if wedged {
+                HARD_FIRED | WEDGED
+            } else {
+                HARD_FIRED
+            };
             if slot.raise(id, flags) {
                 self.counters.hard_deadlines.fetch_add(1, Ordering::Relaxed);
                 slot.wake();
@@ -196,14 +209,18 @@ impl Core {
     }
 
     fn escalate_if_needed(&self, now: u64) {
-        let Some((after, within, hook)) = self.deadlines.as_ref().and_then(|d| d.escalation.as_ref())
+        let Some((after, within, hook)) =
+            self.deadlines.as_ref().and_then(|d| d.escalation.as_ref())
         else {
             return;
         };
         let mut wedged_at = self.wedged_at.lock().unwrap_or_else(|e| e.into_inner());
         wedged_at.push_back(now);
         let window = within.as_nanos() as u64;
-        while wedged_at.front().is_some_and(|&at| now.saturating_sub(at) > window) {
+        while wedged_at
+            .front()
+            .is_some_and(|&at| now.saturating_sub(at) > window)
+        {
             wedged_at.pop_front();
         }
         if wedged_at.len() >= *after {

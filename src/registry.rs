@@ -355,7 +355,8 @@ impl Registry {
         slot.soft_due_ns.store(dues.soft, Ordering::Relaxed);
         slot.hard_due_ns.store(dues.hard, Ordering::Relaxed);
         slot.due_ns.store(due_ns, Ordering::Relaxed);
-        slot.deadline_flags.store(id << FLAG_BITS, Ordering::Release);
+        slot.deadline_flags
+            .store(id << FLAG_BITS, Ordering::Release);
         slot.reports.store(0, Ordering::Relaxed);
         slot.polling_tid.store(0, Ordering::Relaxed);
         {

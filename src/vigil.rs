@@ -46,7 +46,7 @@ pub struct Vigil {
 #[derive(Clone)]
 enum Started {
     Combined(Arc<crate::timebox::layer::Shared>),
-    WatchdogOnly(WatchdogLayer),
+    WatchdogOnly(Box<WatchdogLayer>),
     Nothing,
 }
 
@@ -96,7 +96,7 @@ impl Vigil {
                 let watch = watchdog.map(|w| w.attach(core.clone()));
                 Started::Combined(timebox.attach(core, watch))
             }
-            (Some(watchdog), None) => Started::WatchdogOnly(watchdog.clone()),
+            (Some(watchdog), None) => Started::WatchdogOnly(Box::new(watchdog.clone())),
             (None, None) => Started::Nothing,
         }
     }
@@ -194,9 +194,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            FutureKindProj::Watchdog { future } => future
-                .poll(cx)
-                .map(|output| output.map(|response| response.map(|body| TimeboxBody::inner(body, None)))),
+            FutureKindProj::Watchdog { future } => future.poll(cx).map(|output| {
+                output.map(|response| response.map(|body| TimeboxBody::inner(body, None)))
+            }),
             FutureKindProj::Timebox { future } => future.poll(cx),
         }
     }

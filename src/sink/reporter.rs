@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use super::Sink;
 use crate::report::{
-    rfc3339, Completion, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
+    rfc3339, Completion, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus,
+    ThreadInfo,
 };
 use crate::stack::{self, RawStack};
 

@@ -51,7 +51,10 @@ impl<B> std::fmt::Debug for TimeboxBody<B> {
                 .debug_struct("TimeboxBody::Inner")
                 .field("deadline", deadline)
                 .finish_non_exhaustive(),
-            Kind::Full { data } => f.debug_struct("TimeboxBody::Full").field("data", data).finish(),
+            Kind::Full { data } => f
+                .debug_struct("TimeboxBody::Full")
+                .field("data", data)
+                .finish(),
         }
     }
 }
@@ -145,7 +148,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body, .. } => body.size_hint(),
-            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

@@ -389,7 +389,8 @@ impl Quota {
     /// charges the time it took.
     pub async fn timebox<F: IntoFuture>(&self, future: F) -> Result<F::Output, Elapsed> {
         let started = Instant::now();
-        let result = Timeboxed::new(self.remaining(), future.into_future(), DeadlineKind::Quota).await;
+        let result =
+            Timeboxed::new(self.remaining(), future.into_future(), DeadlineKind::Quota).await;
         let spent = started.elapsed();
         let mut remaining = self.remaining.lock().unwrap_or_else(|e| e.into_inner());
         *remaining = remaining.saturating_sub(spent);

@@ -178,15 +178,19 @@ fn finish<B, E>(
 ) -> Result<Response<TimeboxBody<B>>, E> {
     let flags = registration.slot().flags(registration.id());
     if flags & SOFT_FIRED != 0 && flags & HARD_FIRED == 0 {
-        shared.counters.soft_honoured.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .soft_honoured
+            .fetch_add(1, Ordering::Relaxed);
     }
     let response = output?;
     registration.set_status(response.status().as_u16());
     let (parts, body) = response.into_parts();
-    let deadline = shared
-        .body_deadline
-        .then(|| (registration, shared.clone()));
-    Ok(Response::from_parts(parts, TimeboxBody::inner(body, deadline)))
+    let deadline = shared.body_deadline.then(|| (registration, shared.clone()));
+    Ok(Response::from_parts(
+        parts,
+        TimeboxBody::inner(body, deadline),
+    ))
 }
 
 impl<F, B, E> Future for ResponseFuture<F>
@@ -198,9 +202,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         match state.as_mut().project() {
-            StateProj::Passthrough { future } => future
-                .poll(cx)
-                .map(|output| output.map(|response| response.map(|body| TimeboxBody::inner(body, None)))),
+            StateProj::Passthrough { future } => future.poll(cx).map(|output| {
+                output.map(|response| response.map(|body| TimeboxBody::inner(body, None)))
+            }),
             StateProj::Shed { shared } => {
                 let response = timeout_response(shared);
                 state.set(State::Done);
@@ -216,7 +220,10 @@ where
                 let slot = held.slot();
                 slot.set_waker(cx.waker());
                 if slot.flags(held.id()) & HARD_FIRED != 0 {
-                    shared.counters.hard_timeouts.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .hard_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
                     let response = timeout_response(shared);
                     // Drops the handler's future in place: its destructors run now.
                     state.set(State::Done);
@@ -239,7 +246,10 @@ where
             } => {
                 handle.slot.set_waker(cx.waker());
                 if handle.flags() & HARD_FIRED != 0 {
-                    shared.counters.hard_timeouts.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .hard_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
                     let response = timeout_response(shared);
                     // Dropping the task handle aborts the task: the handler's future is dropped
                     // at its next await point, or when a blocked thread returns to the runtime.
@@ -250,7 +260,9 @@ where
                 let shared = shared.clone();
                 state.set(State::Done);
                 match joined {
-                    Ok((output, registration)) => Poll::Ready(finish(output, registration, &shared)),
+                    Ok((output, registration)) => {
+                        Poll::Ready(finish(output, registration, &shared))
+                    }
                     Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
                     // Cancelled from outside, for instance by a runtime shutting down.
                     Err(_) => Poll::Ready(Ok(timeout_response(&shared))),

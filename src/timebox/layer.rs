@@ -117,7 +117,9 @@ impl TimeboxLayer {
     /// Like [`TimeboxLayer::new`], with an error for a zero deadline.
     pub fn try_new(hard: Duration) -> Result<Self, ConfigError> {
         if hard.is_zero() {
-            return Err(ConfigError::new("timebox: the hard deadline must be greater than zero"));
+            return Err(ConfigError::new(
+                "timebox: the hard deadline must be greater than zero",
+            ));
         }
         Ok(Self {
             hard,
@@ -148,7 +150,9 @@ impl TimeboxLayer {
     pub fn supervisor_timeout(supervisor: Duration) -> Result<Self, ConfigError> {
         let margin = Self::DEFAULT_SAFETY_MARGIN.min(supervisor / 10);
         if supervisor.is_zero() {
-            return Err(ConfigError::new("timebox: the supervisor timeout must be greater than zero"));
+            return Err(ConfigError::new(
+                "timebox: the supervisor timeout must be greater than zero",
+            ));
         }
         Self::try_new(supervisor - margin)
     }
@@ -183,7 +187,9 @@ impl TimeboxLayer {
     /// If it is zero, or after the hard deadline (an inverted configuration).
     pub fn soft_deadline(mut self, soft: Duration) -> Result<Self, ConfigError> {
         if soft.is_zero() {
-            return Err(ConfigError::new("timebox: the soft deadline must be greater than zero"));
+            return Err(ConfigError::new(
+                "timebox: the soft deadline must be greater than zero",
+            ));
         }
         if soft > self.hard {
             return Err(ConfigError::new(format!(
@@ -272,7 +278,10 @@ impl TimeboxLayer {
     ///
     /// If `resolution` is zero.
     pub fn resolution(mut self, resolution: Duration) -> Self {
-        assert!(!resolution.is_zero(), "resolution must be greater than zero");
+        assert!(
+            !resolution.is_zero(),
+            "resolution must be greater than zero"
+        );
         self.resolution = Some(resolution);
         self.changed()
     }
@@ -300,7 +309,8 @@ impl TimeboxLayer {
 
     pub(crate) fn effective_resolution(&self) -> Duration {
         self.resolution.unwrap_or_else(|| {
-            ((self.hard - self.soft) / 50).clamp(Duration::from_millis(1), Duration::from_millis(50))
+            ((self.hard - self.soft) / 50)
+                .clamp(Duration::from_millis(1), Duration::from_millis(50))
         })
     }
 
@@ -362,7 +372,9 @@ impl TimeboxLayer {
                 deadlines: Some(self.deadline_settings()),
                 resolution: self.effective_resolution(),
             })
-            .unwrap_or_else(|error| panic!("tower-vigil: cannot start the monitor thread: {error}"));
+            .unwrap_or_else(|error| {
+                panic!("tower-vigil: cannot start the monitor thread: {error}")
+            });
             self.shared_with(core, None)
         });
         Some(shared.clone())
@@ -408,7 +420,10 @@ impl fmt::Debug for TimeboxLayer {
             .field("isolate", &self.isolate)
             .field("wait_timeout", &self.wait_timeout)
             .field("body_deadline", &self.body_deadline)
-            .field("escalation", &self.escalation.as_ref().map(|(n, w, _)| (n, w)))
+            .field(
+                "escalation",
+                &self.escalation.as_ref().map(|(n, w, _)| (n, w)),
+            )
             .field("enabled", &self.enabled)
             .finish_non_exhaustive()
     }
@@ -430,7 +445,10 @@ mod tests {
     fn zero_and_inverted_deadlines_are_errors() {
         assert!(TimeboxLayer::try_new(Duration::ZERO).is_err());
         let layer = TimeboxLayer::new(Duration::from_secs(10));
-        assert!(layer.clone().soft_deadline(Duration::from_secs(11)).is_err());
+        assert!(layer
+            .clone()
+            .soft_deadline(Duration::from_secs(11))
+            .is_err());
         assert!(layer.clone().soft_deadline(Duration::ZERO).is_err());
         assert!(layer.clone().grace(Duration::from_secs(10)).is_err());
         assert!(layer.clone().status(StatusCode::REQUEST_TIMEOUT).is_err());

@@ -83,7 +83,9 @@ mod service;
 mod shed;
 
 pub use self::body::{BodyDeadlineElapsed, TimeboxBody};
-pub use self::deadline::{spawn_blocking, timebox, Deadline, DeadlineKind, Elapsed, Quota, Timeboxed};
+pub use self::deadline::{
+    spawn_blocking, timebox, Deadline, DeadlineKind, Elapsed, Quota, Timeboxed,
+};
 pub use self::future::ResponseFuture;
 pub use self::layer::{TimeboxLayer, TimeboxStats};
 pub use self::service::Timebox;

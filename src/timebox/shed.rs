@@ -47,7 +47,10 @@ fn parse_start(value: &str) -> Option<Duration> {
     let whole: u64 = whole.parse().ok()?;
     match fraction {
         Some(fraction) => {
-            if fraction.is_empty() || fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            if fraction.is_empty()
+                || fraction.len() > 9
+                || !fraction.bytes().all(|b| b.is_ascii_digit())
+            {
                 return None;
             }
             let nanos: u32 = format!("{fraction:0<9}").parse().ok()?;
@@ -106,7 +109,7 @@ mod tests {
             "t=1700000000.",
             "t=.5",
             "t=1700000000.1234567890",
-            "t=1", // 1970: a wait of decades is not a queue time
+            "t=1",              // 1970: a wait of decades is not a queue time
             "t=1700000099.000", // in the future
             "t=0x10",
         ] {

@@ -57,4 +57,3 @@ where
         Poll::Ready(output)
     }
 }
-

@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use super::Watchdog;
 pub use crate::error::ConfigError;
-use crate::monitor::{Core, CoreConfig, WatchSettings};
+use crate::monitor::{Core, CoreConfig, WatchConfig, WatchSettings};
 use crate::registry::Seen;
 use crate::report::RequestCapture;
 use crate::sink::Sink;
@@ -332,7 +332,7 @@ impl WatchdogLayer {
     }
 
     /// What a core needs to run this watchdog.
-    pub(crate) fn watch_config(&self) -> (WatchSettings, Vec<Arc<dyn Sink>>, usize) {
+    pub(crate) fn watch_config(&self) -> WatchConfig {
         let settings = WatchSettings {
             threshold: self.threshold,
             recapture_at: self.recapture_at.clone(),
@@ -427,7 +427,11 @@ impl WatchdogLayer {
     /// Waits until every report made so far has been handed to the sinks, for at most
     /// `timeout`; call it on graceful shutdown. Returns false if the time ran out.
     pub fn flush(&self, timeout: Duration) -> bool {
-        match self.started.get().and_then(|shared| shared.core.watch.as_ref()) {
+        match self
+            .started
+            .get()
+            .and_then(|shared| shared.core.watch.as_ref())
+        {
             Some(watch) => watch.reporter.flush(timeout),
             None => true,
         }

@@ -6,8 +6,8 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use crate::registry::PollingScope;
 use super::layer::Shared;
+use crate::registry::PollingScope;
 
 /// Middleware that reports requests still running past a threshold.
 ///

@@ -179,3 +179,29 @@ pub fn wait_for_file_ending(dir: &Path, suffix: &str, timeout: Duration) -> Opti
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// One GET; returns status, headers and body, or the error when the body was cut off.
+pub async fn http_get_full(
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, http::HeaderMap, String), String> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::get(format!("http://{addr}{path_and_query}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Empty::new()).unwrap())
+        .await
+        .map_err(|e| format!("request failed: {e:?}"))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body failed: {e:?}"))?
+        .to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}

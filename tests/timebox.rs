@@ -1,0 +1,599 @@
+//! End-to-end: the timebox through real axum servers on 127.0.0.1 and a real HTTP client.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::routing::get;
+use axum::{Extension, Router};
+use common::*;
+use tower_vigil::report::{ReportKind, ReportTrigger, StackStatus};
+use tower_vigil::timebox::{spawn_blocking, timebox, Deadline, DeadlineKind, Quota, TimeboxLayer};
+use tower_vigil::watchdog::WatchdogLayer;
+use tower_vigil::Vigil;
+
+const TICK: Duration = Duration::from_millis(20);
+const HARD: Duration = Duration::from_millis(300);
+
+fn layer() -> TimeboxLayer {
+    TimeboxLayer::new(HARD)
+        .grace(Duration::from_millis(100))
+        .unwrap()
+        .resolution(TICK)
+}
+
+/// Counts how many guards were made and dropped.
+#[derive(Clone, Default)]
+struct DropCounter {
+    made: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+struct Guard(Arc<AtomicUsize>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl DropCounter {
+    fn guard(&self) -> Guard {
+        self.made.fetch_add(1, Ordering::SeqCst);
+        Guard(self.dropped.clone())
+    }
+
+    fn balanced(&self) -> bool {
+        self.made.load(Ordering::SeqCst) == self.dropped.load(Ordering::SeqCst)
+    }
+}
+
+async fn wait_until(timeout: Duration, check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    check()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_timeout_answers_503_on_time_and_runs_destructors() {
+    let drops = DropCounter::default();
+    let counter = drops.clone();
+    let timebox = layer();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                let guard = counter.guard();
+                async move {
+                    let _guard = guard;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "never"
+                }
+            }),
+        )
+        .layer(timebox.clone());
+    let addr = serve(app).await;
+    let started = Instant::now();
+    let (status, headers, body) = http_get_full(addr, "/slow", &[]).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "5");
+    assert!(body.contains("took too long"), "{body}");
+    assert!(elapsed >= HARD, "{elapsed:?}");
+    // Two monitor ticks, plus a little for loopback HTTP.
+    assert!(
+        elapsed <= HARD + 2 * TICK + Duration::from_millis(15),
+        "{elapsed:?}"
+    );
+    assert!(wait_until(Duration::from_secs(2), || drops.balanced()).await);
+    assert_eq!(drops.dropped.load(Ordering::SeqCst), 1);
+    let stats = timebox.stats();
+    assert_eq!(stats.hard_timeouts, 1);
+    assert_eq!(stats.soft_cancellations, 1);
+    assert_eq!(stats.soft_cancellations_honoured, 0);
+    assert_eq!(stats.wedged, 0, "a pending request is not wedged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_honours_the_soft_deadline_answers_itself() {
+    let timebox = layer();
+    let app = Router::new()
+        .route(
+            "/export",
+            get(|Extension(deadline): Extension<Deadline>| async move {
+                let work = tokio::time::sleep(Duration::from_secs(30));
+                tokio::select! {
+                    _ = work => (http::StatusCode::OK, "done".to_owned()),
+                    _ = deadline.cancelled() => (
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("rolled back, {:?} left", deadline.remaining()),
+                    ),
+                }
+            }),
+        )
+        .layer(timebox.clone());
+    let addr = serve(app).await;
+    let started = Instant::now();
+    let (status, body) = http_get(addr, "/export", &[]).await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, 500);
+    assert_eq!(body, "rolled back, 0ns left");
+    assert!(
+        elapsed >= Duration::from_millis(200) && elapsed < HARD,
+        "{elapsed:?}"
+    );
+    let stats = timebox.stats();
+    assert_eq!(stats.soft_cancellations_honoured, 1);
+    assert_eq!(stats.hard_timeouts, 0);
+}
+
+#[inline(never)]
+fn vigil_wedged_work(duration: Duration) {
+    std::thread::sleep(duration);
+}
+
+#[test]
+fn a_handler_blocking_its_thread_still_gets_a_503_on_time() {
+    let drops = DropCounter::default();
+    let counter = drops.clone();
+    let timebox = layer();
+    let app = Router::new()
+        .route(
+            "/wedge",
+            get(move || {
+                let guard = counter.guard();
+                async move {
+                    let _guard = guard;
+                    vigil_wedged_work(Duration::from_millis(1200));
+                    tokio::task::yield_now().await;
+                    "too late"
+                }
+            }),
+        )
+        .layer(timebox.clone());
+    // Two workers: the handler blocks one, the other sends the 503.
+    let (addr, server) = serve_on_own_runtime(app, 2);
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let (status, _) = client.block_on(http_get(addr, "/wedge", &[]));
+    let elapsed = started.elapsed();
+    assert_eq!(status, 503);
+    assert!(
+        elapsed <= HARD + 2 * TICK + Duration::from_millis(15),
+        "{elapsed:?}"
+    );
+    let stats = timebox.stats();
+    assert_eq!(stats.wedged, 1);
+    assert_eq!(stats.in_flight, 1, "the wedged work is still running");
+    // Once the thread returns to the runtime, the aborted task drops the handler's future.
+    client.block_on(async {
+        assert!(wait_until(Duration::from_secs(3), || drops.balanced()).await);
+        assert!(wait_until(Duration::from_secs(1), || timebox.stats().in_flight == 0).await);
+    });
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_timeboxes_and_the_request_deadline_the_earliest_wins() {
+    // Outside any request.
+    let inner_first = timebox(
+        Duration::from_secs(5),
+        timebox(
+            Duration::from_millis(30),
+            tokio::time::sleep(Duration::from_secs(5)),
+        ),
+    )
+    .await;
+    assert_eq!(
+        inner_first.unwrap().unwrap_err().deadline(),
+        DeadlineKind::Timebox
+    );
+    let started = Instant::now();
+    let outer_first = timebox(
+        Duration::from_millis(30),
+        timebox(
+            Duration::from_secs(5),
+            tokio::time::sleep(Duration::from_secs(5)),
+        ),
+    )
+    .await;
+    // The inner one is clamped to the outer deadline and says so.
+    assert_eq!(
+        outer_first.unwrap().unwrap_err().deadline(),
+        DeadlineKind::Enclosing
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    // Inside a request whose soft deadline (200 ms) is earlier than the timebox's 5 s.
+    let app = Router::new()
+        .route(
+            "/nested",
+            get(|| async {
+                let started = Instant::now();
+                let result = timebox(
+                    Duration::from_secs(5),
+                    tokio::time::sleep(Duration::from_secs(5)),
+                )
+                .await;
+                format!(
+                    "{:?} after {}ms",
+                    result.unwrap_err().deadline(),
+                    started.elapsed().as_millis() / 100 * 100
+                )
+            }),
+        )
+        .layer(layer());
+    let addr = serve(app).await;
+    let (status, body) = http_get(addr, "/nested", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "Request after 200ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_is_shared_across_calls() {
+    let quota = Quota::new(Duration::from_millis(200));
+    let shared = quota.clone();
+    let first = shared
+        .timebox(tokio::time::sleep(Duration::from_millis(120)))
+        .await;
+    assert!(first.is_ok());
+    assert!(quota.remaining() <= Duration::from_millis(80));
+    let started = Instant::now();
+    let second = quota
+        .timebox(tokio::time::sleep(Duration::from_millis(120)))
+        .await;
+    assert_eq!(second.unwrap_err().deadline(), DeadlineKind::Quota);
+    assert!(started.elapsed() < Duration::from_millis(110));
+    assert_eq!(quota.remaining(), Duration::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_code_sees_the_request_deadline() {
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let seen = rounds.clone();
+    let app = Router::new()
+        .route(
+            "/crunch",
+            get(move || {
+                let rounds = seen.clone();
+                async move {
+                    let result = spawn_blocking(move |deadline| {
+                        while deadline.check().is_ok() {
+                            std::thread::sleep(Duration::from_millis(5));
+                            rounds.fetch_add(1, Ordering::SeqCst);
+                        }
+                        "stopped at the deadline"
+                    })
+                    .await;
+                    match result {
+                        Ok(message) => message.to_owned(),
+                        Err(elapsed) => elapsed.to_string(),
+                    }
+                }
+            }),
+        )
+        .layer(layer());
+    let addr = serve(app).await;
+    let started = Instant::now();
+    let (status, body) = http_get(addr, "/crunch", &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        body == "stopped at the deadline" || body == "deadline elapsed: the request's deadline",
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < HARD,
+        "answered by the handler, before the hard deadline"
+    );
+    // The loop may finish the round it was in; after that it must not go on.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let after = rounds.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        rounds.load(Ordering::SeqCst),
+        after,
+        "the blocking loop stopped"
+    );
+}
+
+fn request_start(ago: Duration) -> String {
+    let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap() - ago;
+    format!("t={}", at.as_micros())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_queued_too_long_are_shed_and_bad_headers_ignored() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let timebox = layer().wait_timeout(Duration::from_secs(1));
+    let app = Router::new()
+        .route(
+            "/",
+            get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { "served" }
+            }),
+        )
+        .layer(timebox.clone());
+    let addr = serve(app).await;
+    let old = request_start(Duration::from_secs(5));
+    let (status, headers, _) = http_get_full(addr, "/", &[("x-request-start", &old)])
+        .await
+        .unwrap();
+    assert_eq!(status, 503);
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the service was not called"
+    );
+    let millis = format!(
+        "{}",
+        (SystemTime::now().duration_since(UNIX_EPOCH).unwrap() - Duration::from_secs(3))
+            .as_millis()
+    );
+    assert_eq!(
+        http_get(addr, "/", &[("x-request-start", &millis)]).await.0,
+        503
+    );
+
+    let fresh = request_start(Duration::from_millis(100));
+    let future = request_start(Duration::ZERO).replace("t=", "t=9");
+    for header in [
+        fresh.as_str(),
+        "t=not-a-number",
+        "t=-1700000000",
+        "t=1",
+        "t=99999999999999999999999999",
+        future.as_str(),
+        "",
+    ] {
+        let (status, body) = http_get(addr, "/", &[("x-request-start", header)]).await;
+        assert_eq!((status, body.as_str()), (200, "served"), "{header:?}");
+    }
+    assert_eq!(timebox.stats().shed, 2);
+}
+
+#[test]
+fn ten_thousand_cancelled_requests_leak_nothing() {
+    let drops = DropCounter::default();
+    let counter = drops.clone();
+    let timebox = TimeboxLayer::new(Duration::from_millis(20))
+        .grace(Duration::from_millis(10))
+        .unwrap()
+        .resolution(Duration::from_millis(2));
+    let app = Router::new()
+        .route(
+            "/",
+            get(move || {
+                let guard = counter.guard();
+                async move {
+                    let _guard = guard;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "never"
+                }
+            }),
+        )
+        .layer(timebox.clone());
+    let (addr, server) = serve_on_own_runtime(app, 2);
+    let baseline = server.metrics().num_alive_tasks();
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = client_runtime.enter();
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let cancelled = cancelled.clone();
+        clients.push(tokio::spawn(async move {
+            let client: hyper_util::client::legacy::Client<
+                _,
+                http_body_util::Empty<hyper::body::Bytes>,
+            > = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+            for _ in 0..200 {
+                let request = http::Request::get(format!("http://{addr}/"))
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                let response = client.request(request).await.unwrap();
+                if response.status() == 503 {
+                    cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+                use http_body_util::BodyExt;
+                response.into_body().collect().await.unwrap();
+            }
+        }));
+    }
+    client_runtime.block_on(async {
+        for client in clients {
+            client.await.unwrap();
+        }
+        assert_eq!(cancelled.load(Ordering::SeqCst), 10_000);
+        assert!(wait_until(Duration::from_secs(5), || drops.balanced()).await);
+        assert_eq!(drops.made.load(Ordering::SeqCst), 10_000);
+        // Client connections are closed now; their server tasks end.
+        assert!(
+            wait_until(Duration::from_secs(5), || server
+                .metrics()
+                .num_alive_tasks()
+                <= baseline)
+            .await,
+            "alive tasks {} > baseline {baseline}",
+            server.metrics().num_alive_tasks()
+        );
+    });
+    let stats = timebox.stats();
+    assert_eq!(stats.hard_timeouts, 10_000);
+    assert_eq!(stats.in_flight, 0);
+    drop(server);
+}
+
+/// A body that sends one chunk every `every`, `left` times.
+struct SlowBody {
+    interval: tokio::time::Interval,
+    left: usize,
+}
+
+impl http_body::Body for SlowBody {
+    type Data = hyper::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.interval.poll_tick(cx));
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data("chunk\n".into()))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_outlives_the_deadline_is_cut_off() {
+    let timebox = layer().body_deadline(true);
+    let app = Router::new()
+        .route(
+            "/stream",
+            get(|| async {
+                axum::body::Body::new(SlowBody {
+                    interval: tokio::time::interval(Duration::from_millis(100)),
+                    left: 20,
+                })
+            }),
+        )
+        .route(
+            "/short",
+            get(|| async {
+                axum::body::Body::new(SlowBody {
+                    interval: tokio::time::interval(Duration::from_millis(10)),
+                    left: 3,
+                })
+            }),
+        )
+        .layer(timebox.clone());
+    let addr = serve(app).await;
+    let error = http_get_full(addr, "/stream", &[])
+        .await
+        .expect_err("the body must be cut off");
+    assert!(error.contains("body failed"), "{error}");
+    assert_eq!(timebox.stats().body_timeouts, 1);
+    // A body that ends in time is untouched.
+    let (status, _, body) = http_get_full(addr, "/short", &[]).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "chunk\nchunk\nchunk\n"));
+    assert_eq!(timebox.stats().body_timeouts, 1);
+}
+
+#[test]
+fn escalation_is_called_after_repeated_wedges() {
+    let escalations = Arc::new(AtomicUsize::new(0));
+    let seen = escalations.clone();
+    let timebox = layer().escalate_after(2, Duration::from_secs(10), move |count| {
+        assert_eq!(count, 2);
+        seen.fetch_add(1, Ordering::SeqCst);
+    });
+    let app = Router::new()
+        .route(
+            "/wedge",
+            get(|| async {
+                vigil_wedged_work(Duration::from_millis(500));
+                "late"
+            }),
+        )
+        .layer(timebox.clone());
+    let (addr, server) = serve_on_own_runtime(app, 3);
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    client.block_on(async {
+        let (a, b) = tokio::join!(http_get(addr, "/wedge", &[]), http_get(addr, "/wedge", &[]));
+        assert_eq!((a.0, b.0), (503, 503));
+    });
+    assert_eq!(timebox.stats().wedged, 2);
+    assert_eq!(escalations.load(Ordering::SeqCst), 1);
+    assert_eq!(timebox.stats().escalations, 1);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_off_switch_lets_requests_run() {
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                "finished"
+            }),
+        )
+        .layer(layer().enabled(false));
+    let addr = serve(app).await;
+    assert_eq!(
+        http_get(addr, "/slow", &[]).await,
+        (200, "finished".to_owned())
+    );
+}
+
+#[test]
+fn with_a_watchdog_in_the_stack_wedged_work_is_reported_with_its_stack() {
+    init_tracing();
+    let collect = Collect::default();
+    let watchdog = WatchdogLayer::new(Duration::from_secs(10)).sink(collect.clone());
+    let timebox = layer();
+    let app = Router::new()
+        .route(
+            "/wedge",
+            get(|| async {
+                vigil_wedged_work(Duration::from_millis(900));
+                "late"
+            }),
+        )
+        .layer(
+            Vigil::new()
+                .watchdog(watchdog.clone())
+                .timebox(timebox.clone()),
+        );
+    let (addr, server) = serve_on_own_runtime(app, 2);
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, _) = client.block_on(http_get(addr, "/wedge", &[]));
+    assert_eq!(status, 503);
+    let hard = collect
+        .wait_for(Duration::from_secs(10), |r| {
+            r.trigger == ReportTrigger::HardDeadline
+        })
+        .expect("a report at the hard deadline");
+    assert_eq!(hard.stack_status, StackStatus::Captured);
+    assert!(stack_functions(&hard)
+        .iter()
+        .any(|f| f.contains("vigil_wedged_work")));
+    let soft = collect
+        .wait_for(Duration::from_secs(1), |r| {
+            r.trigger == ReportTrigger::SoftDeadline
+        })
+        .expect("a report at the soft deadline");
+    assert!(soft.elapsed_secs < hard.elapsed_secs);
+    // The work finishes later; its completion record says it never answered.
+    let done = collect
+        .wait_for(Duration::from_secs(5), |r| r.kind == ReportKind::Completed)
+        .expect("completion record");
+    assert_eq!(done.completion.unwrap().status, None);
+    assert_eq!(timebox.stats().wedged, 1);
+    assert_eq!(watchdog.stats().reported, 2);
+    drop(server);
+}
