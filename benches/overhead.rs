@@ -11,7 +11,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 use tower_http::timeout::TimeoutLayer;
+use tower_vigil::timebox::TimeboxLayer;
 use tower_vigil::watchdog::WatchdogLayer;
+use tower_vigil::Vigil;
 
 #[derive(Clone, Copy)]
 struct Bare;
@@ -41,9 +43,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Times `iters` requests through `service`, one after another, on a current-thread runtime.
-fn run<S>(rt: &tokio::runtime::Runtime, mut service: S, iters: u64) -> Duration
+fn run<S, B>(rt: &tokio::runtime::Runtime, mut service: S, iters: u64) -> Duration
 where
-    S: Service<Request<()>, Response = Response<()>>,
+    S: Service<Request<()>, Response = Response<B>>,
     S::Error: std::fmt::Debug,
 {
     rt.block_on(async {
@@ -76,6 +78,20 @@ fn per_request(c: &mut Criterion) {
     });
     group.bench_function("watchdog_armed", |b| {
         b.iter_custom(|iters| run(&rt, watchdog.layer(Bare), iters))
+    });
+    let inline = TimeboxLayer::new(Duration::from_secs(25)).isolation(false);
+    group.bench_function("timebox_inline", |b| {
+        b.iter_custom(|iters| run(&rt, inline.layer(Bare), iters))
+    });
+    let isolated = TimeboxLayer::new(Duration::from_secs(25));
+    group.bench_function("timebox_isolated", |b| {
+        b.iter_custom(|iters| run(&rt, isolated.layer(Bare), iters))
+    });
+    let vigil = Vigil::new()
+        .watchdog(WatchdogLayer::new(Duration::from_secs(25)))
+        .timebox(TimeboxLayer::new(Duration::from_secs(27)).isolation(false));
+    group.bench_function("vigil_watchdog_and_timebox_inline", |b| {
+        b.iter_custom(|iters| run(&rt, vigil.layer(Bare), iters))
     });
     group.finish();
 }
