@@ -9,13 +9,18 @@ use std::time::{Duration, Instant};
 
 use axum::extract::Path as UrlPath;
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
+use http::StatusCode;
 use tower_vigil::sink::{FileSink, LogSink};
+use tower_vigil::timebox::{Deadline, TimeboxLayer};
 use tower_vigil::watchdog::WatchdogLayer;
 use tower_vigil::Vigil;
 use tracing_subscriber::prelude::*;
 
-const THRESHOLD: Duration = Duration::from_millis(500);
+const THRESHOLD: Duration = Duration::from_millis(400);
+/// The demo's "supervisor" kills at 2.2 s: hard deadline 2 s, soft deadline 1.5 s.
+const HARD_DEADLINE: Duration = Duration::from_secs(2);
+const GRACE: Duration = Duration::from_millis(500);
 
 /// A handler that blocks its worker thread, as a synchronous database driver would.
 async fn blocking_report() -> &'static str {
@@ -25,12 +30,12 @@ async fn blocking_report() -> &'static str {
 
 #[inline(never)]
 fn render_report_synchronously() {
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1000));
 }
 
 /// A handler that keeps its worker busy on the CPU.
 async fn busy_checksum() -> String {
-    format!("{:x}\n", compute_checksums(Duration::from_millis(1500)))
+    format!("{:x}\n", compute_checksums(Duration::from_millis(1000)))
 }
 
 #[inline(never)]
@@ -58,19 +63,45 @@ async fn load_report(id: u32) -> String {
 
 #[tracing::instrument(name = "db.query")]
 async fn query(sql: &str) -> usize {
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     42
+}
+
+/// A handler stuck past every deadline: the timebox answers 503 and the watchdog reports it.
+async fn wedged() -> &'static str {
+    stuck_in_legacy_code();
+    "too late\n"
+}
+
+#[inline(never)]
+fn stuck_in_legacy_code() {
+    std::thread::sleep(Duration::from_millis(3000));
+}
+
+/// A handler that honours the soft deadline and answers with what it has.
+async fn export(Extension(deadline): Extension<Deadline>) -> (StatusCode, String) {
+    let mut rows = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => rows += 100,
+            _ = deadline.cancelled() => {
+                return (StatusCode::PARTIAL_CONTENT, format!("partial export: {rows} rows\n"));
+            }
+        }
+    }
 }
 
 fn app(vigil: Vigil) -> Router {
     Router::new()
         .route(
             "/",
-            get(|| async { "tower-vigil demo: try /block, /busy, /await/42\n" }),
+            get(|| async { "tower-vigil demo: try /block, /busy, /await/42, /wedge, /export\n" }),
         )
         .route("/block", get(blocking_report))
         .route("/busy", get(busy_checksum))
         .route("/await/{id}", get(awaiting_report))
+        .route("/wedge", get(wedged))
+        .route("/export", get(export))
         .layer(vigil)
 }
 
@@ -112,7 +143,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .sink(FileSink::new(&reports_dir)?)
         .sink(LogSink::default().full_report(false))
         .redact_query_param("token");
-    let vigil = Vigil::new().watchdog(watchdog.clone());
+    let timebox = TimeboxLayer::new(HARD_DEADLINE).grace(GRACE)?;
+    let vigil = Vigil::new()
+        .watchdog(watchdog.clone())
+        .timebox(timebox.clone());
 
     let listener = tokio::net::TcpListener::bind(if serve {
         "127.0.0.1:3000"
@@ -127,23 +161,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "watchdog threshold {THRESHOLD:?}; reports go to {}",
         reports_dir.display()
     );
+    println!(
+        "timebox: soft deadline {:?}, hard deadline {HARD_DEADLINE:?}",
+        HARD_DEADLINE - GRACE
+    );
 
     if serve {
-        println!(
-            "try: curl http://{addr}/block   curl http://{addr}/busy   curl http://{addr}/await/42"
-        );
+        println!("try: curl -i http://{addr}/block  (also /busy, /await/42, /wedge, /export)");
         tokio::signal::ctrl_c().await?;
         watchdog.flush(Duration::from_secs(5));
         return Ok(());
     }
 
-    println!("\n== watchdog: three slow requests (blocking, busy, awaiting)");
-    let (block, busy, awaiting) = tokio::join!(
-        fetch(addr, "/block"),
-        fetch(addr, "/busy"),
-        fetch(addr, "/await/42?token=hunter2"),
+    println!("\n== watchdog and timebox: five slow requests at once");
+    let started = Instant::now();
+    let timed = |path: &'static str| async move {
+        let status = fetch(addr, path).await;
+        (path, status, started.elapsed())
+    };
+    let responses = tokio::join!(
+        timed("/block"),
+        timed("/busy"),
+        timed("/await/42?token=hunter2"),
+        timed("/wedge"),
+        timed("/export"),
     );
-    println!("responses: /block {block:?}, /busy {busy:?}, /await/42 {awaiting:?}");
+    for (path, status, elapsed) in [
+        responses.0,
+        responses.1,
+        responses.2,
+        responses.3,
+        responses.4,
+    ] {
+        println!(
+            "  {path:<26} {status:<32} after {:.2} s",
+            elapsed.as_secs_f64()
+        );
+    }
+    // The wedged handler's thread is still asleep after its 503; wait for its work to end so
+    // its completion record is written too.
+    let waiting = Instant::now();
+    while timebox.stats().in_flight > 0 && waiting.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     watchdog.flush(Duration::from_secs(10));
 
     let files = reports_in(&reports_dir);
@@ -159,6 +219,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("/block", "render_report_synchronously"),
         ("/busy", "compute_checksums"),
         ("/await/42", "db.query"),
+        ("/wedge", "stuck_in_legacy_code"),
     ] {
         let first = files.iter().find_map(|f| {
             let text = std::fs::read_to_string(f).ok()?;
@@ -180,10 +241,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             None => println!("\n--- no report of {route} ---"),
         }
     }
+    if let Some(hard) = files.iter().find_map(|f| {
+        let text = std::fs::read_to_string(f).ok()?;
+        text.contains("at the hard deadline").then_some(text)
+    }) {
+        println!("\n--- the wedged request, at its hard deadline ---");
+        for line in hard.lines().take(12) {
+            println!("{line}");
+        }
+    }
     let stats = watchdog.stats();
     println!(
         "\nwatchdog stats: reported {}, completed {}, dropped {}, sink failures {}",
         stats.reported, stats.completed, stats.dropped, stats.sink_failures
+    );
+    let stats = timebox.stats();
+    println!(
+        "timebox stats: soft cancellations {} (honoured {}), hard timeouts {}, wedged {}",
+        stats.soft_cancellations,
+        stats.soft_cancellations_honoured,
+        stats.hard_timeouts,
+        stats.wedged
     );
     Ok(())
 }

@@ -75,8 +75,8 @@ fn request() -> Request<()> {
 }
 
 /// Runs one request through `service`, counting the allocations of the call and the poll.
-fn allocations_of_one_request(
-    service: &mut impl Service<Request<()>, Response = Response<()>>,
+fn allocations_of_one_request<B>(
+    service: &mut impl Service<Request<()>, Response = Response<B>>,
 ) -> usize {
     let request = request();
     let mut cx = Context::from_waker(Waker::noop());
@@ -114,4 +114,31 @@ fn the_counter_sees_an_allocating_layer() {
     })
     .layer(Bare);
     assert!(allocations_of_one_request(&mut service) >= 1);
+}
+
+#[test]
+fn timebox_allocations_per_request_are_only_the_deadline_extension() {
+    use tower_vigil::timebox::TimeboxLayer;
+    let layer = TimeboxLayer::new(Duration::from_secs(25)).isolation(false);
+    let mut service = layer.layer(Bare);
+    for _ in 0..3 {
+        allocations_of_one_request(&mut service);
+    }
+    let per_request = allocations_of_one_request(&mut service);
+    eprintln!("timebox (inline) allocations per request: {per_request}");
+    let without_extension = TimeboxLayer::new(Duration::from_secs(25))
+        .isolation(false)
+        .deadline_extension(false);
+    let mut service = without_extension.layer(Bare);
+    for _ in 0..3 {
+        allocations_of_one_request(&mut service);
+    }
+    let total: usize = (0..1000)
+        .map(|_| allocations_of_one_request(&mut service))
+        .sum();
+    assert_eq!(
+        total, 0,
+        "allocations in 1000 requests without the extension"
+    );
+    assert!(per_request <= 3, "{per_request}");
 }

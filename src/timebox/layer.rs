@@ -32,6 +32,7 @@ pub struct TimeboxLayer {
     body: Bytes,
     retry_after: Option<Duration>,
     isolate: bool,
+    deadline_extension: bool,
     wait_timeout: Option<Duration>,
     body_deadline: bool,
     escalation: Option<(usize, Duration, EscalationHook)>,
@@ -45,6 +46,7 @@ pub(crate) struct Shared {
     pub(crate) core: Arc<Core>,
     pub(crate) response: TimeoutResponse,
     pub(crate) isolate: bool,
+    pub(crate) deadline_extension: bool,
     pub(crate) wait_timeout: Option<Duration>,
     pub(crate) body_deadline: bool,
     pub(crate) counters: TimeboxCounters,
@@ -128,6 +130,7 @@ impl TimeboxLayer {
             body: Bytes::from_static(Self::DEFAULT_BODY.as_bytes()),
             retry_after: Some(Self::DEFAULT_RETRY_AFTER),
             isolate: true,
+            deadline_extension: true,
             wait_timeout: None,
             body_deadline: false,
             escalation: None,
@@ -238,6 +241,15 @@ impl TimeboxLayer {
         self.changed()
     }
 
+    /// Whether each request gets its [`super::Deadline`] as a request extension. Default:
+    /// true. The extension costs the request's extension map its allocations; without it,
+    /// handlers still see the deadline through [`super::Deadline::current`] and
+    /// [`super::timebox`].
+    pub fn deadline_extension(mut self, enabled: bool) -> Self {
+        self.deadline_extension = enabled;
+        self.changed()
+    }
+
     /// Answers 503 at once, without calling the service, for a request whose
     /// `X-Request-Start` header says it queued longer than `wait` (rack-timeout's
     /// `wait_timeout`). A malformed, implausible or future-dated header is ignored.
@@ -338,6 +350,7 @@ impl TimeboxLayer {
                 retry_after,
             },
             isolate: self.isolate,
+            deadline_extension: self.deadline_extension,
             wait_timeout: self.wait_timeout,
             body_deadline: self.body_deadline,
             counters: TimeboxCounters::default(),

@@ -100,11 +100,13 @@ where
             Some(d) => (now + d.soft_after, now + d.hard_after),
             None => (now, now),
         };
-        request.extensions_mut().insert(Deadline::for_request(
-            registration.handle(),
-            soft_at,
-            hard_at,
-        ));
+        if shared.deadline_extension {
+            request.extensions_mut().insert(Deadline::for_request(
+                registration.handle(),
+                soft_at,
+                hard_at,
+            ));
+        }
         let active = ActiveDeadline {
             at: soft_at,
             kind: DeadlineKind::Request,
