@@ -76,3 +76,7 @@ pub mod watchdog;
 
 pub use crate::error::ConfigError;
 pub use crate::vigil::{Vigil, VigilFuture, VigilService};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

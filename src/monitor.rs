@@ -195,14 +195,15 @@ impl Core {
                 HARD_FIRED
             };
             if slot.raise(id, flags) {
+                // Count before waking, so the 503 never goes out ahead of its counters.
                 self.counters.hard_deadlines.fetch_add(1, Ordering::Relaxed);
-                slot.wake();
                 if wedged {
                     self.counters.wedged.fetch_add(1, Ordering::Relaxed);
                     self.escalate_if_needed(now);
-                    if self.watch.is_some() && slot.mark_stuck(id) {
-                        self.report(slot, id, Trigger::HardDeadline);
-                    }
+                }
+                slot.wake();
+                if wedged && self.watch.is_some() && slot.mark_stuck(id) {
+                    self.report(slot, id, Trigger::HardDeadline);
                 }
             }
         }

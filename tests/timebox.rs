@@ -597,3 +597,31 @@ fn with_a_watchdog_in_the_stack_wedged_work_is_reported_with_its_stack() {
     assert_eq!(watchdog.stats().reported, 2);
     drop(server);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn futures_that_are_not_send_are_timeboxed_inline() {
+    use std::rc::Rc;
+    use tower::{service_fn, Layer, ServiceExt};
+    let alive = Rc::new(());
+    let held = alive.clone();
+    let service = service_fn(move |_: http::Request<()>| {
+        let held = held.clone();
+        async move {
+            let _held = held;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(()))
+        }
+    });
+    let timebox = layer().inline();
+    let service = timebox.layer(service);
+    let started = Instant::now();
+    let response = service.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(started.elapsed() <= HARD + 2 * TICK + Duration::from_millis(10));
+    assert_eq!(
+        Rc::strong_count(&alive),
+        1,
+        "the handler future was dropped"
+    );
+    assert_eq!(timebox.stats().hard_timeouts, 1);
+}

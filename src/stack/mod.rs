@@ -164,7 +164,20 @@ fn install_handler() -> Result<libc::c_int, String> {
     let last = libc::SIGRTMAX();
     // Search from the top: runtimes and libraries that claim real-time signals tend to take the
     // lowest ones.
-    for signal in (first..=last).rev() {
+    install_on_first_free((first..=last).rev(), handle_capture_signal).ok_or_else(|| {
+        format!("every real-time signal from {first} to {last} already has a handler")
+    })
+}
+
+type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// Installs `handler` on the first of `candidates` whose disposition is the default one, and
+/// never over a handler someone else installed.
+pub(crate) fn install_on_first_free(
+    candidates: impl IntoIterator<Item = libc::c_int>,
+    handler: SigInfoHandler,
+) -> Option<libc::c_int> {
+    for signal in candidates {
         // SAFETY: sigaction with a null new action only reads the current disposition into a
         // zeroed, properly sized struct.
         let current = unsafe {
@@ -182,7 +195,7 @@ fn install_handler() -> Result<libc::c_int, String> {
         // of the application resume instead of failing with EINTR where the kernel allows it.
         let previous = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = handle_capture_signal as *const () as usize;
+            action.sa_sigaction = handler as *const () as usize;
             action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
             libc::sigemptyset(&mut action.sa_mask);
             let mut previous: libc::sigaction = std::mem::zeroed();
@@ -197,11 +210,9 @@ fn install_handler() -> Result<libc::c_int, String> {
             unsafe { libc::sigaction(signal, &previous, std::ptr::null_mut()) };
             continue;
         }
-        return Ok(signal);
+        return Some(signal);
     }
-    Err(format!(
-        "every real-time signal from {first} to {last} already has a handler"
-    ))
+    None
 }
 
 fn errno_location() -> *mut libc::c_int {
@@ -477,6 +488,28 @@ pub(crate) mod test_support {
 
     pub(crate) fn reclaim() {
         reclaim_abandoned();
+    }
+
+    /// The handler currently installed for `signal`.
+    pub(crate) fn installed_handler(signal: libc::c_int) -> usize {
+        // SAFETY: reads the disposition into a zeroed, properly sized struct.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut current);
+            current.sa_sigaction
+        }
+    }
+
+    /// Installs `handler` on `signal` unconditionally, as another library would.
+    pub(crate) fn install_foreign(signal: libc::c_int, handler: SigInfoHandler) {
+        // SAFETY: a fully initialised action with a handler of the SA_SIGINFO signature.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
     }
 }
 

@@ -8,19 +8,28 @@ use std::sync::{mpsc, Arc};
 /// Counts allocations made on threads that opted in, so a test can watch one thread only.
 struct CountingAllocator;
 
-static COUNTED_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
 thread_local! {
+    /// Whether this thread's allocations are being counted, and how many there were. Per
+    /// thread, so tests running in parallel do not count each other's allocations.
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static COUNTED_ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
 }
 
-// SAFETY: delegates every call to the system allocator unchanged; the counter is a plain atomic
-// and the thread-local flag is const-initialised, so counting itself never allocates.
+fn count_one() {
+    if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
+        let _ = COUNTED_ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+    }
+}
+
+fn counted_so_far() -> usize {
+    COUNTED_ALLOCATIONS.with(|n| n.get())
+}
+
+// SAFETY: delegates every call to the system allocator unchanged; counting touches only
+// const-initialised thread-locals, so it never allocates.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-            COUNTED_ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        }
+        count_one();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -31,9 +40,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-            COUNTED_ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        }
+        count_one();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -67,11 +74,11 @@ impl BusyThread {
             let tid = current_tid();
             let _scope = PollScope::enter(request_id);
             tid_tx.send(tid).unwrap();
-            let before = COUNTED_ALLOCATIONS.load(Ordering::SeqCst);
+            let before = counted_so_far();
             COUNTING.with(|c| c.set(count_allocations));
             vigil_test_spin_marker(&thread_stop);
             COUNTING.with(|c| c.set(false));
-            COUNTED_ALLOCATIONS.load(Ordering::SeqCst) - before
+            counted_so_far() - before
         });
         let tid = tid_rx.recv().unwrap();
         // Let the thread reach the spin loop.
@@ -200,17 +207,47 @@ fn a_slot_whose_handler_is_still_writing_is_not_reused() {
 #[test]
 fn the_counting_allocator_sees_allocations_of_the_counting_thread() {
     let counted = std::thread::spawn(|| {
-        let before = COUNTED_ALLOCATIONS.load(Ordering::SeqCst);
+        let before = counted_so_far();
         COUNTING.with(|c| c.set(true));
         let boxed = std::hint::black_box(Box::new(42u64));
         COUNTING.with(|c| c.set(false));
         drop(boxed);
-        COUNTED_ALLOCATIONS.load(Ordering::SeqCst) - before
+        counted_so_far() - before
     })
     .join()
     .unwrap();
     assert!(
         counted >= 1,
         "the allocation test would not notice an allocation"
+    );
+}
+
+extern "C" fn foreign_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+extern "C" fn our_test_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+#[test]
+fn a_signal_that_already_has_a_handler_is_never_taken_over() {
+    // Two low real-time signals that the crate's own handlers (which search from the top) leave
+    // alone.
+    let taken = libc::SIGRTMIN() + 1;
+    let free = libc::SIGRTMIN() + 2;
+    install_foreign(taken, foreign_handler);
+    let claimed = install_on_first_free([taken, free], our_test_handler);
+    assert_eq!(claimed, Some(free));
+    assert_eq!(
+        installed_handler(taken),
+        foreign_handler as *const () as usize
+    );
+    assert_eq!(
+        installed_handler(free),
+        our_test_handler as *const () as usize
+    );
+    assert_eq!(install_on_first_free([taken, free], our_test_handler), None);
+    // The capture signal is a different one, claimed the same way.
+    let capture = capture_signal().unwrap();
+    assert!(capture != taken && capture != free);
+    assert_eq!(
+        installed_handler(capture),
+        handle_capture_signal as *const () as usize
     );
 }

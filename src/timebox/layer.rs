@@ -250,6 +250,14 @@ impl TimeboxLayer {
         self.changed()
     }
 
+    /// This timebox for services whose futures are not `Send` or not `'static` (isolation
+    /// needs both): the handler runs inline and the layer places no bounds on its future.
+    pub fn inline(self) -> InlineTimeboxLayer {
+        InlineTimeboxLayer {
+            timebox: self.isolation(false),
+        }
+    }
+
     /// Answers 503 at once, without calling the service, for a request whose
     /// `X-Request-Start` header says it queued longer than `wait` (rack-timeout's
     /// `wait_timeout`). A malformed, implausible or future-dated header is ignored.
@@ -439,6 +447,28 @@ impl fmt::Debug for TimeboxLayer {
             )
             .field("enabled", &self.enabled)
             .finish_non_exhaustive()
+    }
+}
+
+/// [`TimeboxLayer`] for services whose futures are not `Send` or not `'static`; made by
+/// [`TimeboxLayer::inline`].
+#[derive(Clone, Debug)]
+pub struct InlineTimeboxLayer {
+    timebox: TimeboxLayer,
+}
+
+impl InlineTimeboxLayer {
+    /// The counters of this timebox.
+    pub fn stats(&self) -> TimeboxStats {
+        self.timebox.stats()
+    }
+}
+
+impl<S> Layer<S> for InlineTimeboxLayer {
+    type Service = super::InlineTimebox<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        super::InlineTimebox::new(inner, self.timebox.shared())
     }
 }
 

@@ -87,6 +87,6 @@ pub use self::deadline::{
     spawn_blocking, timebox, Deadline, DeadlineKind, Elapsed, Quota, Timeboxed,
 };
 pub use self::future::ResponseFuture;
-pub use self::layer::{TimeboxLayer, TimeboxStats};
-pub use self::service::Timebox;
+pub use self::layer::{InlineTimeboxLayer, TimeboxLayer, TimeboxStats};
+pub use self::service::{InlineTimebox, Timebox};
 pub use self::shed::REQUEST_START_HEADER;
