@@ -333,6 +333,10 @@ fn stacks_are_never_attributed_to_the_wrong_request() {
     }
     let collect = Collect::default();
     let threshold = Duration::from_millis(30);
+    let watchdog = WatchdogLayer::new(threshold)
+        .resolution(Duration::from_millis(1))
+        .recapture_at([])
+        .sink(collect.clone());
     let app = Router::new()
         .route(
             "/a/{ms}",
@@ -352,12 +356,7 @@ fn stacks_are_never_attributed_to_the_wrong_request() {
                 },
             ),
         )
-        .layer(
-            WatchdogLayer::new(threshold)
-                .resolution(Duration::from_millis(1))
-                .recapture_at([])
-                .sink(collect.clone()),
-        );
+        .layer(watchdog.clone());
     let (addr, server) = serve_on_own_runtime(app, 1);
     let client = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -374,28 +373,35 @@ fn stacks_are_never_attributed_to_the_wrong_request() {
             assert_eq!((a.0, b.0), (200, 200));
         }
     });
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(watchdog.flush(PATIENCE));
     let reports: Vec<SlowRequestReport> = collect
         .all()
         .into_iter()
         .filter(|r| r.kind == ReportKind::Slow)
         .collect();
     assert!(!reports.is_empty());
+    // A capture may land while the request's own future does other work (routing, building
+    // the response), so a stack need not show the route's function; it must never show the
+    // other route's.
     let mut captured = 0;
+    let mut in_own_function = 0;
     for report in &reports {
-        let names = stack_functions(report).join("\n");
         if report.stack_status != StackStatus::Captured {
             continue;
         }
         captured += 1;
-        if report.uri.starts_with("/a/") {
-            assert!(!names.contains("vigil_route_b"), "{}", report.to_text());
-            assert!(names.contains("vigil_route_a"), "{}", report.to_text());
+        let names = stack_functions(report).join("\n");
+        let (own, other) = if report.uri.starts_with("/a/") {
+            ("vigil_route_a", "vigil_route_b")
         } else {
-            assert!(!names.contains("vigil_route_a"), "{}", report.to_text());
-            assert!(names.contains("vigil_route_b"), "{}", report.to_text());
+            ("vigil_route_b", "vigil_route_a")
+        };
+        assert!(!names.contains(other), "{}", report.to_text());
+        if names.contains(own) {
+            in_own_function += 1;
         }
     }
+    assert!(in_own_function > 0, "no capture showed its own function: {reports:#?}");
     assert!(captured > 0, "no capture landed at all: {reports:#?}");
     drop(server);
 }
