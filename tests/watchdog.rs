@@ -401,7 +401,10 @@ fn stacks_are_never_attributed_to_the_wrong_request() {
             in_own_function += 1;
         }
     }
-    assert!(in_own_function > 0, "no capture showed its own function: {reports:#?}");
+    assert!(
+        in_own_function > 0,
+        "no capture showed its own function: {reports:#?}"
+    );
     assert!(captured > 0, "no capture landed at all: {reports:#?}");
     drop(server);
 }
