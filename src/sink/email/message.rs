@@ -343,7 +343,10 @@ fn text_message(
 ) -> Result<Message, EmailError> {
     envelope
         .builder(subject)?
-        .message_id(Some(message_id(0, &format!("digest.{:x}", next_digest_number()))))
+        .message_id(Some(message_id(
+            0,
+            &format!("digest.{:x}", next_digest_number()),
+        )))
         .singlepart(SinglePart::plain(body))
         .map_err(|error| EmailError::new(format!("cannot build the mail: {error}")))
 }
