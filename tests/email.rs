@@ -387,9 +387,10 @@ fn a_stalled_smtp_server_does_not_slow_fast_requests() {
         "p99 of {REQUESTS} fast requests: {baseline:?} with a healthy SMTP server, \
          {with_stall:?} with a stalled one"
     );
-    // The mail thread was stuck the whole time, yet the other sink got every report.
+    // The mail thread was stuck the whole time, yet the other sink got every report, each
+    // well before the mail thread's 30 s timeout could have freed a blocked reporter thread.
     assert_eq!(email.stats().sent, 0);
-    assert!(wait_until(PATIENCE, || {
+    assert!(wait_until(Duration::from_secs(2), || {
         let slow = collect
             .all()
             .into_iter()
