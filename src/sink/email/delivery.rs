@@ -96,6 +96,13 @@ impl Counters {
     }
 }
 
+impl Counters {
+    /// A report that went to the fallback sinks without reaching the queue.
+    pub(crate) fn fell_back(&self) {
+        bump(&self.failed_to_fallback);
+    }
+}
+
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -242,24 +249,16 @@ impl Delivery {
         if done {
             return true;
         }
-        let now = Instant::now();
-        if let Some(digest) = state.throttle.take_digest(now, true) {
-            let id = state.next_id;
-            state.next_id += 1;
-            state.queue.push_back(Outgoing {
-                id,
-                content: Arc::new(Content::Digest(digest)),
-                attempts: 0,
-                not_before: now,
-            });
-        }
         // The mail in flight goes too: a duplicate is better than a loss.
-        let left: Vec<Outgoing> = state.queue.drain(..).collect();
+        let mut left: Vec<Arc<Content>> = state.queue.drain(..).map(|o| o.content).collect();
+        if let Some(digest) = state.throttle.take_digest(Instant::now(), true) {
+            left.push(Arc::new(Content::Digest(digest)));
+        }
         shared.counters.pending.store(0, Ordering::Relaxed);
         drop(state);
-        for outgoing in left {
+        for content in left {
             shared.fall_back(
-                &outgoing.content,
+                &content,
                 "not sent before the flush deadline (the mail server is slow or stalled)",
             );
         }

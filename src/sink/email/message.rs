@@ -462,6 +462,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn every_line_fits_smtp_limits_and_non_ascii_is_encoded() {
+        let long = format!("/{}?q=é{}", "a".repeat(3000), "b".repeat(1000));
+        let from = parse_mailbox("vigil@example.com").unwrap();
+        let to = [parse_mailbox("oncall@example.com").unwrap()];
+        let envelope = Envelope {
+            from: &from,
+            to: &to,
+        };
+        let message = report_message(&envelope, &default_template(), &report(&long)).unwrap();
+        let raw = message.formatted();
+        assert!(raw.is_ascii());
+        for line in raw.split(|&b| b == b'\n') {
+            assert!(line.len() <= 998, "{} bytes", line.len());
+        }
+    }
+
+    #[test]
     fn addresses_are_checked_whole() {
         assert!(parse_mailbox("oncall@example.com").is_ok());
         assert!(parse_mailbox("On Call <oncall@example.com>").is_ok());

@@ -415,6 +415,7 @@ impl Sink for EmailSink {
             Ok(delivery) => delivery.submit(report).map_err(SinkError::new),
             Err(error) => {
                 // Nothing can be mailed; the report still must not vanish.
+                self.counters.fell_back();
                 for sink in self.fallback_sinks() {
                     let _ = sink.deliver(report);
                 }
