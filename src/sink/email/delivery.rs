@@ -254,7 +254,7 @@ impl Delivery {
         if let Some(digest) = state.throttle.take_digest(Instant::now(), true) {
             left.push(Arc::new(Content::Digest(digest)));
         }
-        shared.counters.pending.store(0, Ordering::Relaxed);
+        shared.count_pending(&state);
         drop(state);
         for content in left {
             shared.fall_back(
@@ -289,6 +289,12 @@ impl Shared {
             attempts: 0,
             not_before: now,
         });
+        self.count_pending(state);
+    }
+
+    /// Called after every change of the queue, before any sink sees the outcome, so that
+    /// counters read after a fallback delivery are final.
+    fn count_pending(&self, state: &State) {
         self.counters
             .pending
             .store(state.queue.len() as u64, Ordering::Relaxed);
@@ -417,6 +423,7 @@ fn run(shared: &Shared) {
                 if let Some(position) = position {
                     state.queue.remove(position);
                 }
+                shared.count_pending(&state);
             }
             // Already handed to the fallback sinks by a flush that ran out of time.
             (Err(_), None) => {}
@@ -424,6 +431,7 @@ fn run(shared: &Shared) {
                 let budget_left = attempts < settings.retries;
                 if error.permanent || !budget_left {
                     state.queue.remove(position);
+                    shared.count_pending(&state);
                     drop(state);
                     let why = if error.permanent {
                         error.message
@@ -453,10 +461,6 @@ fn run(shared: &Shared) {
                 }
             }
         }
-        shared
-            .counters
-            .pending
-            .store(state.queue.len() as u64, Ordering::Relaxed);
         shared.progress.notify_all();
     }
 }
