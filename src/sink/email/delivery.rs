@@ -363,7 +363,10 @@ fn run(shared: &Shared) {
         let now = Instant::now();
         let hurry = state.flushing > 0 || state.closed;
         if let Some(digest) = state.throttle.take_digest(now, hurry) {
+            // First in line, so a mail waiting for a retry does not make the digest late.
+            // No attempt is in flight here: this thread is the one that makes them.
             shared.push(&mut state, Content::Digest(digest), now);
+            state.queue.rotate_right(1);
         }
         let Some(head) = state.queue.front() else {
             shared.progress.notify_all();
