@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`LogSink`] | one `tracing` event per report, with structured fields and the text report |
 //! | [`FileSink`] | one `.txt` and one `.json` file per report in a directory |
+//! | `EmailSink` | one mail per report through SMTP (or one `.eml` file), throttled, with digests, retries and a fallback; feature `email` (default) |
 //!
 //! # Writing a sink
 //!
@@ -25,10 +26,14 @@
 //! }
 //! ```
 
+#[cfg(feature = "email")]
+mod email;
 mod file;
 mod log;
 pub(crate) mod reporter;
 
+#[cfg(feature = "email")]
+pub use self::email::{EmailError, EmailSink, EmailStats, SmtpConfig, TlsMode};
 pub use self::file::FileSink;
 pub use self::log::LogSink;
 

@@ -1,6 +1,8 @@
 //! Shared helpers: a real axum server on 127.0.0.1:0, a real HTTP client, report collectors.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once};

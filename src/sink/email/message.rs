@@ -1,0 +1,505 @@
+//! What a mail looks like: subject template, text body, JSON attachment, digests.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use lettre::message::header::ContentType;
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::Message;
+
+use super::throttle::Digest;
+use super::EmailError;
+use crate::report::{ReportKind, SlowRequestReport};
+use crate::sink::FileSink;
+
+/// The longest subject, in characters; longer ones end in `…`. Mail clients show about 80.
+pub(crate) const MAX_SUBJECT_CHARS: usize = 200;
+
+/// A parsed subject template.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SubjectTemplate {
+    pieces: Vec<Piece>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Text(String),
+    Field(Field),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Field {
+    Summary,
+    Method,
+    Uri,
+    Route,
+    Elapsed,
+    Hostname,
+    Kind,
+    RequestId,
+    Capture,
+    TopFrame,
+    Pid,
+}
+
+/// Placeholder names, as documented on `EmailSink::subject`.
+const FIELDS: [(&str, Field); 11] = [
+    ("summary", Field::Summary),
+    ("method", Field::Method),
+    ("uri", Field::Uri),
+    ("route", Field::Route),
+    ("elapsed", Field::Elapsed),
+    ("hostname", Field::Hostname),
+    ("kind", Field::Kind),
+    ("request_id", Field::RequestId),
+    ("capture", Field::Capture),
+    ("top_frame", Field::TopFrame),
+    ("pid", Field::Pid),
+];
+
+impl SubjectTemplate {
+    pub(crate) fn parse(template: &str) -> Result<Self, EmailError> {
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut chars = template.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    text.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    text.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => {
+                                return Err(EmailError::new(format!(
+                                    "subject template: unclosed {{{}",
+                                    name.escape_default()
+                                )))
+                            }
+                        }
+                    }
+                    let field = FIELDS
+                        .iter()
+                        .find(|(known, _)| *known == name)
+                        .map(|(_, field)| *field)
+                        .ok_or_else(|| {
+                            EmailError::new(format!(
+                                "subject template: unknown placeholder {{{}}} (known: {})",
+                                name.escape_default(),
+                                FIELDS.map(|(n, _)| n).join(", ")
+                            ))
+                        })?;
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    }
+                    pieces.push(Piece::Field(field));
+                }
+                '}' => {
+                    return Err(EmailError::new(
+                        "subject template: a lone } (write }} for a brace)",
+                    ))
+                }
+                c => text.push(c),
+            }
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        Ok(Self { pieces })
+    }
+
+    pub(crate) fn render(&self, report: &SlowRequestReport) -> String {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Field(field) => {
+                    let _ = match field {
+                        Field::Summary => write!(out, "{}", report.summary()),
+                        Field::Method => write!(out, "{}", report.method),
+                        Field::Uri => write!(out, "{}", report.uri),
+                        Field::Route => write!(out, "{}", report.route_key),
+                        Field::Elapsed => write!(out, "{}", format_secs(report.elapsed_secs)),
+                        Field::Hostname => write!(out, "{}", report.hostname),
+                        Field::Kind => write!(
+                            out,
+                            "{}",
+                            match report.kind {
+                                ReportKind::Completed => "completed",
+                                _ => "slow",
+                            }
+                        ),
+                        Field::RequestId => write!(out, "{}", report.request_id),
+                        Field::Capture => write!(out, "{}", report.capture),
+                        Field::TopFrame => write!(
+                            out,
+                            "{}",
+                            report
+                                .top_app_frame()
+                                .and_then(|f| f.function.as_deref())
+                                .unwrap_or("")
+                        ),
+                        Field::Pid => write!(out, "{}", report.pid),
+                    };
+                }
+            }
+        }
+        clean_subject(&out)
+    }
+}
+
+/// Makes any text safe for a one-line header: control characters (CR and LF above all, which
+/// could start a forged header) become visible `\u{..}` escapes, and the length is bounded.
+pub(crate) fn clean_subject(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for (chars, c) in raw.chars().enumerate() {
+        if chars >= MAX_SUBJECT_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub(crate) fn format_secs(secs: f64) -> String {
+    if secs < 1.0 {
+        format!("{:.0} ms", secs * 1000.0)
+    } else {
+        format!("{secs:.1} s")
+    }
+}
+
+/// Letters, digits, dots and hyphens: usable in an EHLO name, a Message-ID or a default From.
+pub(crate) fn is_domain_like(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with(['.', '-'])
+        && !name.ends_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+}
+
+fn mail_domain() -> &'static str {
+    let host = crate::report::hostname();
+    if is_domain_like(host) {
+        host
+    } else {
+        "localhost"
+    }
+}
+
+/// The From address used when none is set: `vigil@<host name>`.
+pub(crate) fn default_from() -> Mailbox {
+    format!("vigil@{}", mail_domain())
+        .parse()
+        .unwrap_or_else(|_| "vigil@localhost".parse().expect("a valid address"))
+}
+
+/// Parses one address, `user@example.com` or `Name <user@example.com>`, and refuses anything
+/// the parser would skip over silently (it ignores trailing text) or that could break a header.
+pub(crate) fn parse_mailbox(input: &str) -> Result<Mailbox, EmailError> {
+    let invalid = || {
+        EmailError::new(format!(
+            "invalid email address {:?}",
+            input.escape_default()
+        ))
+    };
+    let trimmed = input.trim();
+    if trimmed.is_empty() || trimmed.chars().any(char::is_control) {
+        return Err(invalid());
+    }
+    let mailbox: Mailbox = trimmed.parse().map_err(|_| invalid())?;
+    let address = mailbox.email.to_string();
+    let whole = trimmed == address
+        || (trimmed.ends_with('>') && trimmed.ends_with(&format!("<{address}>")));
+    if !whole {
+        return Err(invalid());
+    }
+    Ok(mailbox)
+}
+
+/// A tag that makes Message-IDs unique across restarts of a process with the same pid.
+fn process_tag() -> u64 {
+    static TAG: OnceLock<u64> = OnceLock::new();
+    *TAG.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    })
+}
+
+fn message_id(request_id: u64, part: &str) -> String {
+    format!(
+        "<vigil.{:x}.{}.{request_id}.{part}@{}>",
+        process_tag(),
+        std::process::id(),
+        mail_domain()
+    )
+}
+
+/// Addresses and subject of every message.
+pub(crate) struct Envelope<'a> {
+    pub(crate) from: &'a Mailbox,
+    pub(crate) to: &'a [Mailbox],
+}
+
+impl Envelope<'_> {
+    fn builder(&self, subject: String) -> Result<lettre::message::MessageBuilder, EmailError> {
+        if self.to.is_empty() {
+            return Err(EmailError::new(
+                "EmailSink has no recipient: call .to(address)",
+            ));
+        }
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .subject(subject)
+            .user_agent(concat!("tower-vigil/", env!("CARGO_PKG_VERSION")).to_owned());
+        for to in self.to {
+            builder = builder.to(to.clone());
+        }
+        Ok(builder)
+    }
+}
+
+/// A report as a mail: the text report as body, the JSON report attached.
+pub(crate) fn report_message(
+    envelope: &Envelope<'_>,
+    subject: &SubjectTemplate,
+    report: &SlowRequestReport,
+) -> Result<Message, EmailError> {
+    let part = match report.kind {
+        ReportKind::Completed => "done".to_owned(),
+        _ => report.capture.to_string(),
+    };
+    let mut builder = envelope
+        .builder(subject.render(report))?
+        .message_id(Some(message_id(report.request_id, &part)));
+    if report.kind == ReportKind::Completed || report.capture > 1 {
+        // Threads the follow-ups of a request under its first mail.
+        let first = message_id(report.request_id, "1");
+        builder = builder.in_reply_to(first.clone()).references(first);
+    }
+    let mut body = report.to_text();
+    let _ = write!(
+        body,
+        "\n-- \nSent by tower-vigil from {} (pid {}). The report as JSON is attached.\n",
+        report.hostname, report.pid
+    );
+    let json = serde_json::to_vec_pretty(report)
+        .map_err(|error| EmailError::new(format!("cannot render the JSON report: {error}")))?;
+    let attachment = Attachment::new(format!("{}.json", FileSink::file_stem(report))).body(
+        json,
+        ContentType::parse("application/json").expect("a valid type"),
+    );
+    builder
+        .multipart(
+            MultiPart::mixed()
+                .singlepart(SinglePart::plain(body))
+                .singlepart(attachment),
+        )
+        .map_err(|error| EmailError::new(format!("cannot build the mail: {error}")))
+}
+
+/// A digest as a mail: what the throttle held back, route by route.
+pub(crate) fn digest_message(
+    envelope: &Envelope<'_>,
+    digest: &Digest,
+) -> Result<Message, EmailError> {
+    let hostname = crate::report::hostname();
+    let subject = match digest.routes.as_slice() {
+        [only] if digest.other_routes == 0 => format!(
+            "[vigil] {} of {} on {hostname}",
+            more_slow_requests(only.requests),
+            only.route_key
+        ),
+        routes => format!(
+            "[vigil] {} on {} routes on {hostname}",
+            more_slow_requests(digest.total_requests()),
+            routes.len() as u64 + digest.other_routes
+        ),
+    };
+    text_message(envelope, clean_subject(&subject), digest.to_text(hostname))
+}
+
+fn text_message(
+    envelope: &Envelope<'_>,
+    subject: String,
+    body: String,
+) -> Result<Message, EmailError> {
+    envelope
+        .builder(subject)?
+        .message_id(Some(message_id(
+            0,
+            &format!("digest.{:x}", next_digest_number()),
+        )))
+        .singlepart(SinglePart::plain(body))
+        .map_err(|error| EmailError::new(format!("cannot build the mail: {error}")))
+}
+
+fn next_digest_number() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `1 more slow request`, `37 more slow requests`.
+pub(crate) fn more_slow_requests(n: u64) -> String {
+    if n == 1 {
+        "1 more slow request".to_owned()
+    } else {
+        format!("{n} more slow requests")
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::report::{SpanTree, StackStatus};
+
+    pub(crate) fn report(uri: &str) -> SlowRequestReport {
+        SlowRequestReport {
+            kind: ReportKind::Slow,
+            request_id: 42,
+            capture: 1,
+            intercepted_at: "2026-11-23T10:42:00.000Z".into(),
+            method: "GET".into(),
+            uri: uri.into(),
+            version: "HTTP/1.1".into(),
+            host: Some("example.com".into()),
+            headers: vec![],
+            pid: 7,
+            hostname: "web-3".into(),
+            thread: None,
+            started_at: "2026-11-23T10:41:52.800Z".into(),
+            elapsed_secs: 7.2,
+            stack_status: StackStatus::Pending,
+            stack: vec![],
+            spans: SpanTree {
+                installed: false,
+                spans: vec![],
+            },
+            completion: None,
+            route_key: format!("GET {}", uri.split('?').next().unwrap()),
+        }
+    }
+
+    fn default_template() -> SubjectTemplate {
+        SubjectTemplate::parse(super::super::EmailSink::DEFAULT_SUBJECT).unwrap()
+    }
+
+    #[test]
+    fn the_default_subject_reads_like_the_issue() {
+        assert_eq!(
+            default_template().render(&report("/api/jobs")),
+            "[vigil] slow request: GET /api/jobs (7.2 s) on web-3"
+        );
+    }
+
+    #[test]
+    fn templates_have_placeholders_and_escaped_braces() {
+        let t =
+            SubjectTemplate::parse("{{{kind}}} {method} {route} {elapsed} #{request_id}").unwrap();
+        assert_eq!(t.render(&report("/a?x=1")), "{slow} GET GET /a 7.2 s #42");
+        for bad in ["{nope}", "{summary", "a } b"] {
+            assert!(SubjectTemplate::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_subject() {
+        let crafted = report("/x\r\nBcc: evil@example.net\r\n\tX-Injected: 1");
+        let subject = default_template().render(&crafted);
+        assert!(!subject.chars().any(char::is_control), "{subject:?}");
+        assert!(
+            subject.contains("/x\\u{d}\\u{a}Bcc: evil@example.net"),
+            "{subject}"
+        );
+
+        let from = parse_mailbox("vigil@example.com").unwrap();
+        let to = [parse_mailbox("oncall@example.com").unwrap()];
+        let envelope = Envelope {
+            from: &from,
+            to: &to,
+        };
+        let message = report_message(&envelope, &default_template(), &crafted).unwrap();
+        let raw = String::from_utf8(message.formatted()).unwrap();
+        let headers = raw.split("\r\n\r\n").next().unwrap();
+        for line in headers.split("\r\n") {
+            assert!(!line.starts_with("Bcc"), "{headers}");
+            assert!(!line.starts_with("X-Injected"), "{headers}");
+        }
+        let subject = headers
+            .replace("\r\n ", " ")
+            .lines()
+            .find(|l| l.starts_with("Subject: "))
+            .unwrap()
+            .to_owned();
+        assert!(subject.contains("Bcc: evil@example.net\\u{d}"), "{subject}");
+        assert_eq!(message.envelope().to().len(), 1);
+    }
+
+    #[test]
+    fn long_subjects_are_cut() {
+        let long = format!("/{}", "a".repeat(500));
+        let subject = default_template().render(&report(&long));
+        assert_eq!(subject.chars().count(), MAX_SUBJECT_CHARS + 1);
+        assert!(subject.ends_with('…'));
+    }
+
+    #[test]
+    fn every_line_fits_smtp_limits_and_non_ascii_is_encoded() {
+        let long = format!("/{}?q=é{}", "a".repeat(3000), "b".repeat(1000));
+        let from = parse_mailbox("vigil@example.com").unwrap();
+        let to = [parse_mailbox("oncall@example.com").unwrap()];
+        let envelope = Envelope {
+            from: &from,
+            to: &to,
+        };
+        let message = report_message(&envelope, &default_template(), &report(&long)).unwrap();
+        let raw = message.formatted();
+        assert!(raw.is_ascii());
+        for line in raw.split(|&b| b == b'\n') {
+            assert!(line.len() <= 998, "{} bytes", line.len());
+        }
+    }
+
+    #[test]
+    fn addresses_are_checked_whole() {
+        assert!(parse_mailbox("oncall@example.com").is_ok());
+        assert!(parse_mailbox("On Call <oncall@example.com>").is_ok());
+        for bad in [
+            "",
+            "not an address",
+            "oncall@",
+            "@example.com",
+            "oncall@example.com, evil@example.net",
+            "oncall@example.com junk",
+            "oncall@example.com\r\nBcc: evil@example.net",
+        ] {
+            assert!(parse_mailbox(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn domain_names_are_recognised() {
+        assert!(is_domain_like("web-3.example.com"));
+        assert!(!is_domain_like("web 3"));
+        assert!(!is_domain_like("-x"));
+        assert!(!is_domain_like(""));
+    }
+}
