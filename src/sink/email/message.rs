@@ -376,6 +376,7 @@ pub(crate) mod tests {
             kind: ReportKind::Slow,
             request_id: 42,
             capture: 1,
+            trigger: crate::report::ReportTrigger::Threshold,
             intercepted_at: "2026-11-23T10:42:00.000Z".into(),
             method: "GET".into(),
             uri: uri.into(),
