@@ -11,7 +11,7 @@ use axum::extract::Path as UrlPath;
 use axum::routing::get;
 use axum::{Extension, Router};
 use http::StatusCode;
-use tower_vigil::sink::{FileSink, LogSink};
+use tower_vigil::sink::{EmailSink, FileSink, LogSink};
 use tower_vigil::timebox::{Deadline, TimeboxLayer};
 use tower_vigil::watchdog::WatchdogLayer;
 use tower_vigil::Vigil;
@@ -138,10 +138,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out = PathBuf::from("vigil-demo-output");
     let reports_dir = out.join("slow-requests");
+    let mail_dir = out.join("mail");
     let _ = std::fs::remove_dir_all(&reports_dir);
+    let _ = std::fs::remove_dir_all(&mail_dir);
+    // No mail server needed: each message is written as an .eml file.
+    let email = EmailSink::eml_dir(&mail_dir)?
+        .from("vigil@example.com")?
+        .to("oncall@example.com")?;
     let watchdog = WatchdogLayer::new(THRESHOLD)
         .sink(FileSink::new(&reports_dir)?)
         .sink(LogSink::default().full_report(false))
+        .sink(email.clone())
         .redact_query_param("token");
     let timebox = TimeboxLayer::new(HARD_DEADLINE).grace(GRACE)?;
     let vigil = Vigil::new()
@@ -158,8 +165,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(async move { axum::serve(listener, app(vigil)).await });
     println!("tower-vigil demo serving on http://{addr}");
     println!(
-        "watchdog threshold {THRESHOLD:?}; reports go to {}",
-        reports_dir.display()
+        "watchdog threshold {THRESHOLD:?}; reports go to {}, mail to {}",
+        reports_dir.display(),
+        mail_dir.display()
     );
     println!(
         "timebox: soft deadline {:?}, hard deadline {HARD_DEADLINE:?}",
@@ -246,7 +254,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         text.contains("at the hard deadline").then_some(text)
     }) {
         println!("\n--- the wedged request, at its hard deadline ---");
-        for line in hard.lines().take(12) {
+        for line in hard.lines().take(20) {
             println!("{line}");
         }
     }
@@ -254,6 +262,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "\nwatchdog stats: reported {}, completed {}, dropped {}, sink failures {}",
         stats.reported, stats.completed, stats.dropped, stats.sink_failures
+    );
+    let mails: Vec<PathBuf> = std::fs::read_dir(&mail_dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    println!(
+        "\n{} mails written as .eml files in {}",
+        mails.len(),
+        mail_dir.display()
+    );
+    if let Some(subject) = mails.iter().find_map(|mail| {
+        let text = std::fs::read_to_string(mail).ok()?;
+        text.lines()
+            .find(|line| line.starts_with("Subject:"))
+            .map(str::to_owned)
+    }) {
+        println!("  for example: {subject}");
+    }
+    let email_stats = email.stats();
+    println!(
+        "email stats: sent {}, suppressed {}, failed to fallback {}",
+        email_stats.sent, email_stats.suppressed, email_stats.failed_to_fallback
     );
     let stats = timebox.stats();
     println!(
