@@ -6,10 +6,20 @@
 //!   stack of the thread polling it, or, for a pending request, the tracing spans it waits in.
 //!   The report is taken while the request runs, by a monitor thread outside the async runtime,
 //!   and goes to the log, to files, or to any [`sink::Sink`].
+//! - [`timebox`]: work past its deadline is cancelled cleanly before the supervisor's kill: a
+//!   soft deadline the handler can honour, then a hard one that drops the handler's future and
+//!   answers 503.
 //! - [`spans`]: the tracing layer that tells where pending requests await.
 //! - [`report`]: the report type, as data (serde) and as text.
+//! - [`sink`]: where reports go: the log, files, email (SMTP or `.eml` files), or your own.
 //!
-//! [`Vigil`] stacks the layers in the right order over one registry.
+//! [`Vigil`] stacks the layers in the right order over one registry and one monitor thread.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `email` | yes | `sink::EmailSink`: SMTP or `.eml` files (lettre, rustls with ring) |
 //!
 //! # Quick start (axum)
 //!
