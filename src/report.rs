@@ -66,23 +66,25 @@ impl RequestCapture {
             self.push_redacted_query(query, &mut meta.uri);
         }
         meta.header_count = 0;
-        for name in &self.headers {
-            for value in request.headers().get_all(name) {
-                if meta.header_count == meta.headers.len() {
-                    meta.headers.push((name.clone(), String::new()));
-                }
-                let entry = &mut meta.headers[meta.header_count];
-                if entry.0 != name {
-                    entry.0.clone_from(name);
-                }
-                entry.1.clear();
-                if self.is_redacted_header(name) {
-                    entry.1.push_str(REDACTED);
-                } else {
-                    push_header_value(value, &mut entry.1);
-                }
-                meta.header_count += 1;
+        // One pass over the request's few headers beats a hash lookup per configured name.
+        for (name, value) in request.headers() {
+            if !self.headers.contains(name) {
+                continue;
             }
+            if meta.header_count == meta.headers.len() {
+                meta.headers.push((name.clone(), String::new()));
+            }
+            let entry = &mut meta.headers[meta.header_count];
+            if entry.0 != name {
+                entry.0.clone_from(name);
+            }
+            entry.1.clear();
+            if self.is_redacted_header(name) {
+                entry.1.push_str(REDACTED);
+            } else {
+                push_header_value(value, &mut entry.1);
+            }
+            meta.header_count += 1;
         }
     }
 
