@@ -26,8 +26,12 @@
 //! symbol table; debug info adds file and line numbers and inlined frames (see the crate docs).
 #![allow(unsafe_code)]
 
+mod sampler;
 mod symbolize;
 
+pub(crate) use sampler::{
+    current_thread_cpu_clock, set_parked, CpuClock, Sample, SamplerSession, SamplerStats,
+};
 pub(crate) use symbolize::{resolve, warm_up};
 pub use symbolize::{Frame, FrameOrigin};
 
@@ -80,11 +84,18 @@ static SLOTS: [CaptureSlot; SLOT_COUNT] = [const { CaptureSlot::new() }; SLOT_CO
 struct ThreadState {
     tid: Cell<i32>,
     current_request: AtomicU64,
+    /// The request of the most recent [`PollScope`] entered on this thread, so that an outer
+    /// layer can learn the id an inner layer polls its request under.
+    last_entered: AtomicU64,
 }
 
 thread_local! {
     static THREAD: ThreadState = const {
-        ThreadState { tid: Cell::new(0), current_request: AtomicU64::new(0) }
+        ThreadState {
+            tid: Cell::new(0),
+            current_request: AtomicU64::new(0),
+            last_entered: AtomicU64::new(0),
+        }
     };
 }
 
@@ -107,6 +118,12 @@ pub(crate) fn current_request() -> u64 {
     THREAD.with(|t| t.current_request.load(Ordering::Relaxed))
 }
 
+/// The request of the most recent [`PollScope`] entered on the calling thread, or 0; resets it
+/// to 0.
+pub(crate) fn take_last_entered() -> u64 {
+    THREAD.with(|t| t.last_entered.swap(0, Ordering::Relaxed))
+}
+
 /// Marks the calling thread as polling `request_id` until dropped.
 pub(crate) struct PollScope {
     previous: u64,
@@ -114,7 +131,10 @@ pub(crate) struct PollScope {
 
 impl PollScope {
     pub(crate) fn enter(request_id: u64) -> Self {
-        let previous = THREAD.with(|t| t.current_request.swap(request_id, Ordering::Relaxed));
+        let previous = THREAD.with(|t| {
+            t.last_entered.store(request_id, Ordering::Relaxed);
+            t.current_request.swap(request_id, Ordering::Relaxed)
+        });
         // The handler runs on this same thread; a compiler fence is enough to keep the store
         // ahead of the poll it describes.
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
@@ -160,6 +180,13 @@ pub(crate) fn capture_signal() -> Result<libc::c_int, String> {
 }
 
 fn install_handler() -> Result<libc::c_int, String> {
+    claim_signal(handle_capture_signal as *const () as usize, &[])
+}
+
+/// Installs `handler` (an `SA_SIGINFO` handler) on the highest real-time signal whose
+/// disposition is still `SIG_DFL`, never over an existing handler. `also_block` are signals
+/// blocked while the handler runs.
+fn claim_signal(handler: usize, also_block: &[libc::c_int]) -> Result<libc::c_int, String> {
     let first = libc::SIGRTMIN();
     let last = libc::SIGRTMAX();
     // Search from the top: runtimes and libraries that claim real-time signals tend to take the
@@ -177,14 +204,18 @@ fn install_handler() -> Result<libc::c_int, String> {
         if current.sa_sigaction != libc::SIG_DFL {
             continue;
         }
-        // SAFETY: the action is fully initialised: an empty mask, SA_SIGINFO with a handler of
-        // the matching three-argument signature, and SA_RESTART so that interrupted system calls
-        // of the application resume instead of failing with EINTR where the kernel allows it.
+        // SAFETY: the action is fully initialised: a mask built with sigemptyset/sigaddset,
+        // SA_SIGINFO with a handler of the matching three-argument signature, and SA_RESTART so
+        // that interrupted system calls of the application resume instead of failing with EINTR
+        // where the kernel allows it.
         let previous = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = handle_capture_signal as *const () as usize;
+            action.sa_sigaction = handler;
             action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
             libc::sigemptyset(&mut action.sa_mask);
+            for &blocked in also_block {
+                libc::sigaddset(&mut action.sa_mask, blocked);
+            }
             let mut previous: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(signal, &action, &mut previous) != 0 {
                 continue;
@@ -481,4 +512,10 @@ pub(crate) mod test_support {
 }
 
 #[cfg(test)]
+mod sampler_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) use sampler_tests::serial as sampler_test_serial;
+#[cfg(test)]
+pub(crate) use tests::count_allocations;

@@ -8,10 +8,19 @@ use std::sync::{mpsc, Arc};
 /// Counts allocations made on threads that opted in, so a test can watch one thread only.
 struct CountingAllocator;
 
-static COUNTED_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+pub(super) static COUNTED_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    pub(super) static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` and counts the allocations it makes on the calling thread.
+pub(crate) fn count_allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = COUNTED_ALLOCATIONS.load(Ordering::SeqCst);
+    COUNTING.with(|c| c.set(true));
+    let result = f();
+    COUNTING.with(|c| c.set(false));
+    (result, COUNTED_ALLOCATIONS.load(Ordering::SeqCst) - before)
 }
 
 // SAFETY: delegates every call to the system allocator unchanged; the counter is a plain atomic
