@@ -65,6 +65,7 @@
 #[allow(dead_code)] // used by the timebox and profiler layers
 mod exempt;
 mod monitor;
+pub mod profiler;
 mod registry;
 pub mod report;
 pub mod sink;

@@ -30,9 +30,10 @@ mod sampler;
 mod symbolize;
 
 pub(crate) use sampler::{
-    current_thread_cpu_clock, set_parked, CpuClock, Sample, SamplerSession, SamplerStats,
+    current_thread_cpu_clock, set_parked, CpuClock, Sample, SamplerSession,
+    MAX_SESSIONS as MAX_SAMPLER_SESSIONS,
 };
-pub(crate) use symbolize::{resolve, warm_up};
+pub(crate) use symbolize::{leading_crate, resolve, warm_up};
 pub use symbolize::{Frame, FrameOrigin};
 
 use std::cell::Cell;

@@ -17,8 +17,8 @@ use std::sync::atomic::{
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{capture_signal, claim_signal, errno_location, interrupted_pc, trim_to_interrupted};
 use super::RawStack;
+use super::{capture_signal, claim_signal, errno_location, interrupted_pc, trim_to_interrupted};
 
 /// Threads that can be sampled at once.
 pub(crate) const MAX_SESSIONS: usize = 4;

@@ -25,9 +25,7 @@ fn vigil_sampler_spin_marker(stop: &AtomicBool) -> u64 {
 
 /// A thread spinning in a named function; reports its tid and CPU clock, and how many
 /// allocations it made while spinning (with counting on).
-fn spinning_thread(
-    stop: Arc<AtomicBool>,
-) -> (i32, CpuClock, std::thread::JoinHandle<usize>) {
+fn spinning_thread(stop: Arc<AtomicBool>) -> (i32, CpuClock, std::thread::JoinHandle<usize>) {
     let (tx, rx) = mpsc::channel();
     let handle = std::thread::spawn(move || {
         tx.send((current_tid(), current_thread_cpu_clock().unwrap()))
@@ -82,12 +80,10 @@ fn cpu_time_sampling_walks_the_target_thread_without_allocating() {
         "only {with_marker} of {} samples are in the spinning function",
         samples.len()
     );
-    assert!(samples
-        .iter()
-        .all(|s| !resolve(&s.stack).iter().any(|f| f
-            .function
-            .as_deref()
-            .is_some_and(|n| n.contains("handle_sample_signal")))));
+    assert!(samples.iter().all(|s| !resolve(&s.stack).iter().any(|f| f
+        .function
+        .as_deref()
+        .is_some_and(|n| n.contains("handle_sample_signal")))));
 }
 
 #[test]

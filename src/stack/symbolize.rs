@@ -186,7 +186,7 @@ const PRIMITIVES: &[&str] = &[
 /// the implementing type's crate, because that is whose code runs. Methods of primitive types
 /// belong to `core`; for a generic parameter (`<F as axum::Handler>::call`) the trait's crate
 /// is the best guess.
-fn leading_crate(name: &str) -> &str {
+pub(crate) fn leading_crate(name: &str) -> &str {
     let first = first_path_segment(name);
     if PRIMITIVES.contains(&first) || name.starts_with("<[") || name.starts_with("<(") {
         return "core";
