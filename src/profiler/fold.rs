@@ -176,42 +176,51 @@ fn request_frames(frames: &[Frame], truncated: bool, collapse: bool) -> Vec<Stri
         return names;
     }
     // Runs of std, runtime, vigil and system frames become one frame each, except the
-    // innermost run, which says where the time went.
-    let innermost_app = outermost_first
+    // innermost frames of the innermost run, which say where the time went.
+    let keep_from = match outermost_first
         .iter()
-        .rposition(|f| f.origin == FrameOrigin::App);
+        .rposition(|f| f.origin == FrameOrigin::App)
+    {
+        Some(last_app) => last_app,
+        None => outermost_first.len().saturating_sub(KEEP_INNERMOST),
+    };
     let mut index = 0;
     while index < outermost_first.len() {
         let frame = outermost_first[index];
-        let collapsible = frame.origin != FrameOrigin::App
-            && innermost_app.is_some_and(|last_app| index < last_app);
-        if !collapsible {
+        if frame.origin == FrameOrigin::App || index >= keep_from {
             names.push(frame_name(frame));
             index += 1;
             continue;
         }
         let mut crates: Vec<&str> = Vec::new();
-        while index < outermost_first.len() && outermost_first[index].origin != FrameOrigin::App {
+        while index < keep_from && outermost_first[index].origin != FrameOrigin::App {
             let name = crate_of(outermost_first[index]);
             if !crates.contains(&name) {
                 crates.push(name);
             }
             index += 1;
         }
-        let mut label = String::from("[");
-        for (n, name) in crates.iter().take(4).enumerate() {
-            if n > 0 {
-                label.push_str(", ");
-            }
-            label.push_str(name);
-        }
-        if crates.len() > 4 {
-            label.push_str(", …");
-        }
-        label.push(']');
-        names.push(label);
+        names.push(collapsed_label(&crates));
     }
     names
+}
+
+/// Frames kept at the inner end of a stack without application frames.
+const KEEP_INNERMOST: usize = 4;
+
+fn collapsed_label(crates: &[&str]) -> String {
+    let mut label = String::from("[");
+    for (n, name) in crates.iter().take(4).enumerate() {
+        if n > 0 {
+            label.push_str(", ");
+        }
+        label.push_str(name);
+    }
+    if crates.len() > 4 {
+        label.push_str(", …");
+    }
+    label.push(']');
+    label
 }
 
 fn crate_of(frame: &Frame) -> &str {
@@ -314,6 +323,24 @@ mod tests {
             ]
         );
         assert_eq!(request_frames(&frames, false, false).len(), 6);
+        // Without application frames, the innermost few stay and the rest collapse.
+        let runtime_only: Vec<Frame> = (0..8)
+            .map(|i| frame(&format!("tokio::f{i}"), FrameOrigin::Framework))
+            .chain([frame(
+                "tower_vigil::profiler::runner::poll_profiled_request",
+                FrameOrigin::Vigil,
+            )])
+            .collect();
+        assert_eq!(
+            request_frames(&runtime_only, false, true),
+            vec![
+                "[tokio]",
+                "tokio::f3",
+                "tokio::f2",
+                "tokio::f1",
+                "tokio::f0"
+            ]
+        );
         assert_eq!(request_frames(&frames[..2], false, true)[0], RUNTIME_FRAME);
         assert_eq!(request_frames(&frames[..2], true, true)[0], TRUNCATED_FRAME);
     }

@@ -337,7 +337,7 @@ fn control<S, B, RB>(
         .name(PROFILING_THREAD_NAME.into())
         .spawn(move || {
             // The place stays taken until the request is over, even after a partial profile.
-            let _permit = permit;
+            let permit = permit;
             let started = (|| {
                 let runtime = build_runtime(mode, &thread_log).map_err(|e| e.to_string())?;
                 let clock = stack::current_thread_cpu_clock()?;
@@ -365,6 +365,9 @@ fn control<S, B, RB>(
             });
             let wall = wall_start.elapsed();
             let cpu = clock.now().zip(cpu_start).map(|(end, start)| end - start);
+            // Free the place before the profile is delivered, so that whoever reads it can
+            // start the next one.
+            drop(permit);
             let _ = done_tx.send(Finished { outcome, wall, cpu });
             // Tasks the request spawned on this runtime end with it; do not wait for blocking
             // ones.
