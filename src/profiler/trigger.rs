@@ -50,18 +50,30 @@ pub(crate) fn under_index(path: &str, index_path: &str) -> bool {
 }
 
 /// How often `name` occurs as a parameter of `query`, and the value of the first occurrence
-/// (empty when it has no `=`).
+/// (empty when it has no `=`). A plain byte scan: this runs for every request.
 pub(crate) fn find_param<'a>(query: &'a str, name: &str) -> (usize, &'a str) {
+    let bytes = query.as_bytes();
+    let name = name.as_bytes();
     let mut count = 0;
     let mut first = "";
-    for pair in query.split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key == name {
+    let mut start = 0;
+    while start <= bytes.len() {
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'&')
+            .map_or(bytes.len(), |at| start + at);
+        let pair = &bytes[start..end];
+        let matches =
+            pair.starts_with(name) && (pair.len() == name.len() || pair[name.len()] == b'=');
+        if matches {
             if count == 0 {
-                first = value;
+                // `name` is ASCII and `=` and `&` are ASCII, so these are char boundaries.
+                let value_start = (start + name.len() + 1).min(end);
+                first = &query[value_start..end];
             }
             count += 1;
         }
+        start = end + 1;
     }
     (count, first)
 }
@@ -203,6 +215,10 @@ mod tests {
         assert_eq!(find_param("__profile__&__profile__=svg", NAME), (2, ""));
         assert_eq!(find_param("a=1&__profile__=json", NAME), (1, "json"));
         assert_eq!(find_param("a=1", NAME), (0, ""));
+        assert_eq!(find_param("", NAME), (0, ""));
+        assert_eq!(find_param("__profile__=", NAME), (1, ""));
+        assert_eq!(find_param("x&__profile__=é,cpu&", NAME), (1, "é,cpu"));
+        assert_eq!(find_param("__profile", NAME), (0, ""));
     }
 
     #[test]
