@@ -79,7 +79,7 @@ fn trigger_check(c: &mut Criterion) {
     let inner = service_fn(|_: Request<()>| {
         std::future::ready(Ok::<_, Infallible>(Response::new(String::new())))
     });
-    let mut bare = inner.clone();
+    let mut bare = inner;
     let mut profiled = layer(Mode::WallClock).layer(inner);
     let mut disabled = ProfilerLayer::new().layer(inner);
     let mut no_header = layer(Mode::WallClock).header_trigger(false).layer(inner);

@@ -332,7 +332,9 @@ async fn a_second_concurrent_profile_gets_429() {
 async fn a_profiled_request_is_exempt_and_runs_outside_the_worker_pool() {
     // The timebox layer is not on this branch: what it relies on is checked here, the
     // request's extensions as the application sees them and the thread that runs it.
-    let seen: Arc<Mutex<Vec<(Option<String>, Option<Profiled>)>>> = Arc::default();
+    /// The thread that ran each request, and its `Profiled` extension.
+    type Seen = Vec<(Option<String>, Option<Profiled>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let record = seen.clone();
     let app = Router::new()
         .route(

@@ -175,7 +175,7 @@ pub(crate) fn html(profile: &Profile) -> String {
          <tr><th>Samples</th><td>{} ({} signals, {} lost)</td></tr>\
          <tr><th>Response body</th><td>{} bytes</td></tr></table>",
         escape(&profile.outcome),
-        millis(profile.wall_ms),
+        duration_text(profile),
         profile.mode,
         profile.rate_hz,
         profile.samples,

@@ -146,6 +146,8 @@ fn lock(log: &Mutex<ParkLog>) -> std::sync::MutexGuard<'_, ParkLog> {
     log.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+// One value per request, on the profiling thread: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Stage<S, B, F, RB> {
     Call {
         inner: S,

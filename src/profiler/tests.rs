@@ -72,9 +72,19 @@ where
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_profiled_request_is_exempt_from_deadlines_and_runs_on_the_profiling_thread() {
+#[test]
+fn a_profiled_request_is_exempt_from_deadlines_and_runs_on_the_profiling_thread() {
+    // Sampler sessions are process-wide; the sampler's own tests take all of them at times.
     let _serial = crate::stack::sampler_test_serial();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(profiled_request_is_exempt());
+}
+
+async fn profiled_request_is_exempt() {
     #[derive(Debug, Default, Clone)]
     struct Seen {
         exempt: bool,
