@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_vigil::profiler::{Mode, Profiled, ProfilerLayer, SharedSecret};
+use tower_vigil::watchdog::WatchdogLayer;
 use tracing::Instrument;
 
 const SECRET: &str = "s3cret-for-tests-0123456789";
@@ -255,8 +256,8 @@ async fn an_io_bound_request_shows_the_span_it_waited_in() {
             });
         }
     });
-    let app = Router::new()
-        .route(
+    let io_app = move || {
+        Router::new().route(
             "/io",
             get(move || {
                 async move {
@@ -268,8 +269,8 @@ async fn an_io_bound_request_shows_the_span_it_waited_in() {
                 .instrument(tracing::info_span!("vigil_wait_for_backend"))
             }),
         )
-        .layer(profiler().mode(Mode::WallClock));
-    let addr = serve(app).await;
+    };
+    let addr = serve(io_app().layer(profiler().mode(Mode::WallClock))).await;
 
     let folded = fetch(addr, "/io?__profile__=folded", ADMIN).await;
     assert_eq!(folded.status, 200, "{}", folded.text());
@@ -288,6 +289,20 @@ async fn an_io_bound_request_shows_the_span_it_waited_in() {
     let html = fetch(addr, "/io?__profile__", ADMIN).await.text();
     assert!(html.contains("<svg"));
     assert!(html.contains("[awaiting] vigil_wait_for_backend"));
+
+    // With the watchdog inside, spans belong to the watchdog's id for the request; the
+    // profiler follows it.
+    let nested = serve(
+        io_app()
+            .layer(WatchdogLayer::new(Duration::from_secs(30)))
+            .layer(profiler()),
+    )
+    .await;
+    let folded = fetch(nested, "/io?__profile__=folded", ADMIN).await.text();
+    assert!(
+        folded.contains("[awaiting] vigil_wait_for_backend"),
+        "span missing behind the watchdog:\n{folded}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
