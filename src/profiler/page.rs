@@ -14,13 +14,15 @@ use super::trigger::Format;
 /// Header set on every response that carries a partial profile.
 pub(crate) const PARTIAL_HEADER: &str = "x-vigil-profile-partial";
 
+// inferno draws a fluid graph: its SVG takes the width CSS gives it.
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
 code,pre{font-family:ui-monospace,monospace}\
 table{border-collapse:collapse;margin:.5em 0}\
 th,td{padding:2px 10px;text-align:left;vertical-align:top;border-bottom:1px solid #eee}\
 td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .partial{background:#fff0f0;border:1px solid #c00;padding:.5em 1em}\
-pre{background:#f6f6f6;padding:.5em;overflow:auto;max-height:30em}";
+pre{background:#f6f6f6;padding:.5em;overflow:auto;max-height:30em}\
+svg{width:100%;display:block}";
 
 pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
