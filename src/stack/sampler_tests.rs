@@ -1,6 +1,6 @@
 //! The sampler against real threads, with the counting allocator of `tests.rs`.
 
-use super::tests::{COUNTED_ALLOCATIONS, COUNTING};
+use super::tests::{counted_allocations, COUNTING};
 use super::*;
 
 use std::sync::atomic::AtomicBool;
@@ -30,11 +30,11 @@ fn spinning_thread(stop: Arc<AtomicBool>) -> (i32, CpuClock, std::thread::JoinHa
     let handle = std::thread::spawn(move || {
         tx.send((current_tid(), current_thread_cpu_clock().unwrap()))
             .unwrap();
-        let before = COUNTED_ALLOCATIONS.load(Ordering::SeqCst);
+        let before = counted_allocations();
         COUNTING.with(|c| c.set(true));
         vigil_sampler_spin_marker(&stop);
         COUNTING.with(|c| c.set(false));
-        COUNTED_ALLOCATIONS.load(Ordering::SeqCst) - before
+        counted_allocations() - before
     });
     let (tid, clock) = rx.recv().unwrap();
     (tid, clock, handle)

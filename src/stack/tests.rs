@@ -8,27 +8,36 @@ use std::sync::{mpsc, Arc};
 /// Counts allocations made on threads that opted in, so a test can watch one thread only.
 struct CountingAllocator;
 
-pub(super) static COUNTED_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
 thread_local! {
     pub(super) static COUNTING: Cell<bool> = const { Cell::new(false) };
+    /// Per thread, so that tests running at the same time do not see each other's counts.
+    static COUNTED_ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Allocations counted so far on the calling thread.
+pub(super) fn counted_allocations() -> usize {
+    COUNTED_ALLOCATIONS.with(Cell::get)
+}
+
+fn count_one() {
+    let _ = COUNTED_ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
 }
 
 /// Runs `f` and counts the allocations it makes on the calling thread.
 pub(crate) fn count_allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let before = COUNTED_ALLOCATIONS.load(Ordering::SeqCst);
+    let before = counted_allocations();
     COUNTING.with(|c| c.set(true));
     let result = f();
     COUNTING.with(|c| c.set(false));
-    (result, COUNTED_ALLOCATIONS.load(Ordering::SeqCst) - before)
+    (result, counted_allocations() - before)
 }
 
-// SAFETY: delegates every call to the system allocator unchanged; the counter is a plain atomic
-// and the thread-local flag is const-initialised, so counting itself never allocates.
+// SAFETY: delegates every call to the system allocator unchanged; the flag and the counter are
+// const-initialised thread-locals, so counting itself never allocates.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-            COUNTED_ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+            count_one();
         }
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
@@ -41,7 +50,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-            COUNTED_ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+            count_one();
         }
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -76,11 +85,11 @@ impl BusyThread {
             let tid = current_tid();
             let _scope = PollScope::enter(request_id);
             tid_tx.send(tid).unwrap();
-            let before = COUNTED_ALLOCATIONS.load(Ordering::SeqCst);
+            let before = counted_allocations();
             COUNTING.with(|c| c.set(count_allocations));
             vigil_test_spin_marker(&thread_stop);
             COUNTING.with(|c| c.set(false));
-            COUNTED_ALLOCATIONS.load(Ordering::SeqCst) - before
+            counted_allocations() - before
         });
         let tid = tid_rx.recv().unwrap();
         // Let the thread reach the spin loop.
@@ -209,12 +218,12 @@ fn a_slot_whose_handler_is_still_writing_is_not_reused() {
 #[test]
 fn the_counting_allocator_sees_allocations_of_the_counting_thread() {
     let counted = std::thread::spawn(|| {
-        let before = COUNTED_ALLOCATIONS.load(Ordering::SeqCst);
+        let before = counted_allocations();
         COUNTING.with(|c| c.set(true));
         let boxed = std::hint::black_box(Box::new(42u64));
         COUNTING.with(|c| c.set(false));
         drop(boxed);
-        COUNTED_ALLOCATIONS.load(Ordering::SeqCst) - before
+        counted_allocations() - before
     })
     .join()
     .unwrap();
