@@ -136,8 +136,9 @@ impl ProfilerLayer {
     /// Default header that triggers a profile: `x-vigil-profile`.
     pub const DEFAULT_HEADER: &'static str = "x-vigil-profile";
     /// Default sampling rate, 997 Hz: about a thousand samples per second of request, enough
-    /// for a useful graph of a 100 ms request, at a cost of about 1% (see the crate's bench);
-    /// a prime, so that sampling does not run in lockstep with periodic work at round rates.
+    /// for a useful graph of a 100 ms request, for a slowdown of a CPU-bound request within a
+    /// few percent (`benches/profiler.rs`); a prime, so that sampling does not run in lockstep
+    /// with periodic work at round rates.
     pub const DEFAULT_RATE_HZ: u32 = 997;
     /// Highest sampling rate accepted.
     pub const MAX_RATE_HZ: u32 = 10_000;

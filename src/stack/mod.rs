@@ -15,6 +15,12 @@
 //!    did not finish in time is quarantined until the handler completes, so it is never reused
 //!    while the handler may still write to it.
 //!
+//! # Sampling
+//!
+//! The profiler's sampler (`sampler.rs`) uses the same walk from a second real-time signal of
+//! its own, fired by a per-thread POSIX timer at the profiled thread, into a preallocated ring
+//! that a collector thread drains.
+//!
 //! # Unwinder
 //!
 //! The walk uses the platform unwinder (`_Unwind_Backtrace` from libgcc) through
