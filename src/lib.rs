@@ -75,6 +75,7 @@
 mod error;
 mod exempt;
 mod monitor;
+pub mod profiler;
 mod registry;
 pub mod report;
 pub mod sink;

@@ -15,6 +15,12 @@
 //!    did not finish in time is quarantined until the handler completes, so it is never reused
 //!    while the handler may still write to it.
 //!
+//! # Sampling
+//!
+//! The profiler's sampler (`sampler.rs`) uses the same walk from a second real-time signal of
+//! its own, fired by a per-thread POSIX timer at the profiled thread, into a preallocated ring
+//! that a collector thread drains.
+//!
 //! # Unwinder
 //!
 //! The walk uses the platform unwinder (`_Unwind_Backtrace` from libgcc) through
@@ -26,8 +32,13 @@
 //! symbol table; debug info adds file and line numbers and inlined frames (see the crate docs).
 #![allow(unsafe_code)]
 
+mod sampler;
 mod symbolize;
 
+pub(crate) use sampler::{
+    current_thread_cpu_clock, set_parked, CpuClock, Sample, SamplerSession,
+    MAX_SESSIONS as MAX_SAMPLER_SESSIONS,
+};
 pub(crate) use symbolize::{leading_crate, resolve, warm_up};
 pub use symbolize::{Frame, FrameOrigin};
 
@@ -80,11 +91,18 @@ static SLOTS: [CaptureSlot; SLOT_COUNT] = [const { CaptureSlot::new() }; SLOT_CO
 struct ThreadState {
     tid: Cell<i32>,
     current_request: AtomicU64,
+    /// The request of the most recent [`PollScope`] entered on this thread, so that an outer
+    /// layer can learn the id an inner layer polls its request under.
+    last_entered: AtomicU64,
 }
 
 thread_local! {
     static THREAD: ThreadState = const {
-        ThreadState { tid: Cell::new(0), current_request: AtomicU64::new(0) }
+        ThreadState {
+            tid: Cell::new(0),
+            current_request: AtomicU64::new(0),
+            last_entered: AtomicU64::new(0),
+        }
     };
 }
 
@@ -107,6 +125,12 @@ pub(crate) fn current_request() -> u64 {
     THREAD.with(|t| t.current_request.load(Ordering::Relaxed))
 }
 
+/// The request of the most recent [`PollScope`] entered on the calling thread, or 0; resets it
+/// to 0.
+pub(crate) fn take_last_entered() -> u64 {
+    THREAD.with(|t| t.last_entered.swap(0, Ordering::Relaxed))
+}
+
 /// Marks the calling thread as polling `request_id` until dropped.
 pub(crate) struct PollScope {
     previous: u64,
@@ -114,7 +138,10 @@ pub(crate) struct PollScope {
 
 impl PollScope {
     pub(crate) fn enter(request_id: u64) -> Self {
-        let previous = THREAD.with(|t| t.current_request.swap(request_id, Ordering::Relaxed));
+        let previous = THREAD.with(|t| {
+            t.last_entered.store(request_id, Ordering::Relaxed);
+            t.current_request.swap(request_id, Ordering::Relaxed)
+        });
         // The handler runs on this same thread; a compiler fence is enough to keep the store
         // ahead of the poll it describes.
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
@@ -160,22 +187,28 @@ pub(crate) fn capture_signal() -> Result<libc::c_int, String> {
 }
 
 fn install_handler() -> Result<libc::c_int, String> {
+    claim_signal(handle_capture_signal as *const () as usize, &[])
+}
+
+/// Installs `handler` (an `SA_SIGINFO` handler) on the highest real-time signal whose
+/// disposition is still `SIG_DFL`, never over an existing handler. `also_block` are signals
+/// blocked while the handler runs.
+fn claim_signal(handler: usize, also_block: &[libc::c_int]) -> Result<libc::c_int, String> {
     let first = libc::SIGRTMIN();
     let last = libc::SIGRTMAX();
     // Search from the top: runtimes and libraries that claim real-time signals tend to take the
     // lowest ones.
-    install_on_first_free((first..=last).rev(), handle_capture_signal).ok_or_else(|| {
+    install_on_first_free((first..=last).rev(), handler, also_block).ok_or_else(|| {
         format!("every real-time signal from {first} to {last} already has a handler")
     })
 }
 
-type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
-
 /// Installs `handler` on the first of `candidates` whose disposition is the default one, and
 /// never over a handler someone else installed.
-pub(crate) fn install_on_first_free(
+fn install_on_first_free(
     candidates: impl IntoIterator<Item = libc::c_int>,
-    handler: SigInfoHandler,
+    handler: usize,
+    also_block: &[libc::c_int],
 ) -> Option<libc::c_int> {
     for signal in candidates {
         // SAFETY: sigaction with a null new action only reads the current disposition into a
@@ -190,14 +223,18 @@ pub(crate) fn install_on_first_free(
         if current.sa_sigaction != libc::SIG_DFL {
             continue;
         }
-        // SAFETY: the action is fully initialised: an empty mask, SA_SIGINFO with a handler of
-        // the matching three-argument signature, and SA_RESTART so that interrupted system calls
-        // of the application resume instead of failing with EINTR where the kernel allows it.
+        // SAFETY: the action is fully initialised: a mask built with sigemptyset/sigaddset,
+        // SA_SIGINFO with a handler of the matching three-argument signature, and SA_RESTART so
+        // that interrupted system calls of the application resume instead of failing with EINTR
+        // where the kernel allows it.
         let previous = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = handler as *const () as usize;
+            action.sa_sigaction = handler;
             action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
             libc::sigemptyset(&mut action.sa_mask);
+            for &blocked in also_block {
+                libc::sigaddset(&mut action.sa_mask, blocked);
+            }
             let mut previous: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(signal, &action, &mut previous) != 0 {
                 continue;
@@ -501,17 +538,30 @@ pub(crate) mod test_support {
     }
 
     /// Installs `handler` on `signal` unconditionally, as another library would.
-    pub(crate) fn install_foreign(signal: libc::c_int, handler: SigInfoHandler) {
+    pub(crate) fn install_foreign(signal: libc::c_int, handler: usize) {
         // SAFETY: a fully initialised action with a handler of the SA_SIGINFO signature.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = handler as *const () as usize;
+            action.sa_sigaction = handler;
             action.sa_flags = libc::SA_SIGINFO;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(signal, &action, std::ptr::null_mut());
         }
     }
+
+    pub(crate) fn claim_first_free(
+        candidates: impl IntoIterator<Item = libc::c_int>,
+        handler: usize,
+    ) -> Option<libc::c_int> {
+        super::install_on_first_free(candidates, handler, &[])
+    }
 }
 
 #[cfg(test)]
+mod sampler_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) use sampler_tests::serial as sampler_test_serial;
+#[cfg(test)]
+pub(crate) use tests::count_allocations;

@@ -9,27 +9,36 @@ use std::sync::{mpsc, Arc};
 struct CountingAllocator;
 
 thread_local! {
-    /// Whether this thread's allocations are being counted, and how many there were. Per
-    /// thread, so tests running in parallel do not count each other's allocations.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    pub(super) static COUNTING: Cell<bool> = const { Cell::new(false) };
+    /// Per thread, so that tests running at the same time do not see each other's counts.
     static COUNTED_ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
 }
 
+/// Allocations counted so far on the calling thread.
+pub(super) fn counted_allocations() -> usize {
+    COUNTED_ALLOCATIONS.with(Cell::get)
+}
+
 fn count_one() {
-    if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-        let _ = COUNTED_ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-    }
+    let _ = COUNTED_ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
 }
 
-fn counted_so_far() -> usize {
-    COUNTED_ALLOCATIONS.with(|n| n.get())
+/// Runs `f` and counts the allocations it makes on the calling thread.
+pub(crate) fn count_allocations<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    let before = counted_allocations();
+    COUNTING.with(|c| c.set(true));
+    let result = f();
+    COUNTING.with(|c| c.set(false));
+    (result, counted_allocations() - before)
 }
 
-// SAFETY: delegates every call to the system allocator unchanged; counting touches only
-// const-initialised thread-locals, so it never allocates.
+// SAFETY: delegates every call to the system allocator unchanged; the flag and the counter are
+// const-initialised thread-locals, so counting itself never allocates.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_one();
+        if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
+            count_one();
+        }
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -40,7 +49,9 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_one();
+        if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
+            count_one();
+        }
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -74,11 +85,11 @@ impl BusyThread {
             let tid = current_tid();
             let _scope = PollScope::enter(request_id);
             tid_tx.send(tid).unwrap();
-            let before = counted_so_far();
+            let before = counted_allocations();
             COUNTING.with(|c| c.set(count_allocations));
             vigil_test_spin_marker(&thread_stop);
             COUNTING.with(|c| c.set(false));
-            counted_so_far() - before
+            counted_allocations() - before
         });
         let tid = tid_rx.recv().unwrap();
         // Let the thread reach the spin loop.
@@ -207,12 +218,12 @@ fn a_slot_whose_handler_is_still_writing_is_not_reused() {
 #[test]
 fn the_counting_allocator_sees_allocations_of_the_counting_thread() {
     let counted = std::thread::spawn(|| {
-        let before = counted_so_far();
+        let before = counted_allocations();
         COUNTING.with(|c| c.set(true));
         let boxed = std::hint::black_box(Box::new(42u64));
         COUNTING.with(|c| c.set(false));
         drop(boxed);
-        counted_so_far() - before
+        counted_allocations() - before
     })
     .join()
     .unwrap();
@@ -231,18 +242,13 @@ fn a_signal_that_already_has_a_handler_is_never_taken_over() {
     // alone.
     let taken = libc::SIGRTMIN() + 1;
     let free = libc::SIGRTMIN() + 2;
-    install_foreign(taken, foreign_handler);
-    let claimed = install_on_first_free([taken, free], our_test_handler);
-    assert_eq!(claimed, Some(free));
-    assert_eq!(
-        installed_handler(taken),
-        foreign_handler as *const () as usize
-    );
-    assert_eq!(
-        installed_handler(free),
-        our_test_handler as *const () as usize
-    );
-    assert_eq!(install_on_first_free([taken, free], our_test_handler), None);
+    let foreign = foreign_handler as *const () as usize;
+    let ours = our_test_handler as *const () as usize;
+    install_foreign(taken, foreign);
+    assert_eq!(claim_first_free([taken, free], ours), Some(free));
+    assert_eq!(installed_handler(taken), foreign);
+    assert_eq!(installed_handler(free), ours);
+    assert_eq!(claim_first_free([taken, free], ours), None);
     // The capture signal is a different one, claimed the same way.
     let capture = capture_signal().unwrap();
     assert!(capture != taken && capture != free);

@@ -1,0 +1,220 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use tokio::sync::oneshot;
+use tower_service::Service;
+
+use super::background;
+use super::body::ProfilerBody;
+use super::future::ResponseFuture;
+use super::layer::{Config, Profiled, State};
+use super::page;
+use super::runner::{self, Settings};
+use super::trigger::{self, Hit, Wish};
+use crate::exempt::ExemptFromDeadlines;
+
+/// Middleware that answers an authorized, triggered request with a profile of it.
+///
+/// Made by [`super::ProfilerLayer`]; see the [module docs](super).
+#[derive(Clone)]
+pub struct Profiler<S> {
+    inner: S,
+    config: Arc<Config>,
+    state: Arc<State>,
+}
+
+impl<S> Profiler<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>, state: Arc<State>) -> Self {
+        Self {
+            inner,
+            config,
+            state,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Profiler<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profiler")
+            .field("inner", &self.inner)
+            .field("enabled", &self.config.enabled)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Profiler<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body + 'static,
+    ResBody::Data: From<Bytes>,
+{
+    type Response = Response<ProfilerBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let config = &self.config;
+        if !config.enabled {
+            return ResponseFuture::inner(self.inner.call(request));
+        }
+        let hit = trigger::classify(
+            &request,
+            &config.param,
+            config.header.as_ref(),
+            &config.index_path,
+        );
+        if hit == Hit::None {
+            return ResponseFuture::inner(self.inner.call(request));
+        }
+        let (parts, body) = request.into_parts();
+        let serves_index = hit == Hit::Index && parts.method == http::Method::GET;
+        if !(hit == Hit::Trigger || serves_index) || !config.authorize.authorize(&parts) {
+            // Exactly as if the profiler were not there.
+            return ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body)));
+        }
+        if serves_index {
+            return ResponseFuture::ready(background::serve(config, &self.state, parts.uri.path()));
+        }
+        self.profile(parts, body)
+    }
+}
+
+impl<S> Profiler<S> {
+    fn profile<ReqBody, ResBody>(
+        &mut self,
+        mut parts: Parts,
+        body: ReqBody,
+    ) -> ResponseFuture<S::Future>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body + 'static,
+    {
+        let config = self.config.clone();
+        let wish = match wish_of(&config, &parts) {
+            Ok(wish) => wish,
+            Err(message) => {
+                return ResponseFuture::ready(page::error(StatusCode::BAD_REQUEST, &message))
+            }
+        };
+        let Some(permit) = self.state.try_acquire(config.max_concurrent) else {
+            return ResponseFuture::ready(page::busy());
+        };
+        let mode = wish.mode.unwrap_or(config.mode);
+        parts.uri = trigger::strip_param(&parts.uri, &config.param);
+        if let Some(header) = &config.header {
+            parts.headers.remove(header);
+        }
+        parts.extensions.insert(ExemptFromDeadlines);
+        parts.extensions.insert(Profiled { mode });
+        let request_line = format!("{} {}", parts.method, parts.uri);
+        let request = Request::from_parts(parts, body);
+        // The service that was polled ready runs the request; this one stays for the next.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let settings = Settings {
+            mode,
+            rate_hz: config.rate_hz,
+            max_duration: if wish.background {
+                config.background_max_duration
+            } else {
+                config.max_duration
+            },
+            collapse: config.collapse,
+            request_line: request_line.clone(),
+        };
+        if wish.background {
+            let id = background::new_id(&self.state);
+            self.state
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), request_line.clone());
+            let deliver = background::deliver(
+                config.clone(),
+                self.state.clone(),
+                id.clone(),
+                request_line.clone(),
+                mode.name(),
+                config.rate_hz,
+            );
+            return match runner::spawn(ready, request, settings, permit, deliver) {
+                Ok(()) => ResponseFuture::ready(page::background_started(
+                    &config.index_path,
+                    &id,
+                    &request_line,
+                )),
+                Err(error) => {
+                    self.state
+                        .running
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    ResponseFuture::ready(page::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("cannot start the profiler's thread: {error}"),
+                    ))
+                }
+            };
+        }
+        let (sender, receiver) = oneshot::channel();
+        let format = wish.format;
+        let deliver = Box::new(move |result| {
+            // Rendering happens here, on the controller thread, off the worker pool.
+            let _ = sender.send(page::respond(result, format));
+        });
+        match runner::spawn(ready, request, settings, permit, deliver) {
+            Ok(()) => ResponseFuture::waiting(receiver),
+            Err(error) => ResponseFuture::ready(page::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cannot start the profiler's thread: {error}"),
+            )),
+        }
+    }
+}
+
+/// What the trigger asks for: the parameter when present, else the header.
+fn wish_of(config: &Config, parts: &Parts) -> Result<Wish, String> {
+    if let Some(query) = parts.uri.query() {
+        let (count, value) = trigger::find_param(query, &config.param);
+        if count > 1 {
+            return Err(format!("the parameter {} is repeated", config.param));
+        }
+        if count == 1 {
+            return trigger::parse_value(value);
+        }
+    }
+    let value = config
+        .header
+        .as_ref()
+        .and_then(|header| parts.headers.get(header));
+    match value.map(|v| v.to_str()) {
+        Some(Ok(value)) => trigger::parse_value(value.trim()),
+        Some(Err(_)) => Err("the profile header is not text".into()),
+        None => trigger::parse_value(""),
+    }
+}
