@@ -18,10 +18,12 @@ use tower_vigil::Vigil;
 #[derive(Clone, Copy)]
 struct Bare;
 
+type Empty = http_body_util::Empty<bytes::Bytes>;
+
 impl Service<Request<()>> for Bare {
-    type Response = Response<()>;
+    type Response = Response<Empty>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<()>, Infallible>>;
+    type Future = Ready<Result<Response<Empty>, Infallible>>;
 
     fn poll_ready(
         &mut self,
@@ -31,7 +33,7 @@ impl Service<Request<()>> for Bare {
     }
 
     fn call(&mut self, _: Request<()>) -> Self::Future {
-        ready(Ok(Response::new(())))
+        ready(Ok(Response::new(Empty::new())))
     }
 }
 
@@ -90,7 +92,7 @@ fn per_request(c: &mut Criterion) {
     let vigil = Vigil::new()
         .watchdog(WatchdogLayer::new(Duration::from_secs(25)))
         .timebox(TimeboxLayer::new(Duration::from_secs(27)).isolation(false));
-    group.bench_function("vigil_watchdog_and_timebox_inline", |b| {
+    group.bench_function("vigil_profiler_watchdog_and_timebox_inline", |b| {
         b.iter_custom(|iters| run(&rt, vigil.layer(Bare), iters))
     });
     group.finish();

@@ -11,6 +11,7 @@ use axum::extract::Path as UrlPath;
 use axum::routing::get;
 use axum::{Extension, Router};
 use http::StatusCode;
+use tower_vigil::profiler::{ProfilerLayer, SharedSecret};
 use tower_vigil::sink::{EmailSink, FileSink, LogSink};
 use tower_vigil::timebox::{Deadline, TimeboxLayer};
 use tower_vigil::watchdog::WatchdogLayer;
@@ -21,6 +22,8 @@ const THRESHOLD: Duration = Duration::from_millis(400);
 /// The demo's "supervisor" kills at 2.2 s: hard deadline 2 s, soft deadline 1.5 s.
 const HARD_DEADLINE: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_millis(500);
+/// The demo's admin secret for the profiler (send it as `x-vigil-secret`).
+const ADMIN_TOKEN: &str = "demo-admin-token";
 
 /// A handler that blocks its worker thread, as a synchronous database driver would.
 async fn blocking_report() -> &'static str {
@@ -105,6 +108,30 @@ fn app(vigil: Vigil) -> Router {
         .layer(vigil)
 }
 
+/// A GET with headers through hyper's client; returns status and body.
+async fn fetch_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    let client: Client<_, Empty<hyper::body::Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut request = http::Request::get(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Empty::new()).expect("request"))
+        .await
+        .expect("send");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 async fn fetch(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -151,7 +178,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .sink(email.clone())
         .redact_query_param("token");
     let timebox = TimeboxLayer::new(HARD_DEADLINE).grace(GRACE)?;
+    // Closed by default: only requests carrying this secret may profile.
+    let profiler = ProfilerLayer::new().authorize(SharedSecret::new(ADMIN_TOKEN));
     let vigil = Vigil::new()
+        .profiler(profiler)
         .watchdog(watchdog.clone())
         .timebox(timebox.clone());
 
@@ -258,6 +288,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("{line}");
         }
     }
+    println!("\n== profiler: one request as a flamegraph, for the admin only");
+    let (status, page) = fetch_with(
+        addr,
+        "/busy?__profile__",
+        &[("x-vigil-secret", ADMIN_TOKEN)],
+    )
+    .await;
+    let profile_path = out.join("profile-busy.html");
+    std::fs::write(&profile_path, &page)?;
+    println!(
+        "  admin:  GET /busy?__profile__ -> {status}, {} KiB page with an inline SVG ({}), written to {}",
+        page.len() / 1024,
+        if page.contains("compute_checksums") {
+            "compute_checksums is in it"
+        } else {
+            "compute_checksums MISSING"
+        },
+        profile_path.display()
+    );
+    let (status, body) = fetch_with(
+        addr,
+        "/?__profile__",
+        &[("x-vigil-secret", "wrong-token-0000")],
+    )
+    .await;
+    println!(
+        "  anyone else: GET /?__profile__ -> {status} {:?} (the page itself)",
+        body.trim()
+    );
+
     let stats = watchdog.stats();
     println!(
         "\nwatchdog stats: reported {}, completed {}, dropped {}, sink failures {}",

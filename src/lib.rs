@@ -9,6 +9,8 @@
 //! - [`timebox`]: work past its deadline is cancelled cleanly before the supervisor's kill: a
 //!   soft deadline the handler can honour, then a hard one that drops the handler's future and
 //!   answers 503.
+//! - [`profiler`]: an authorized admin appends `?__profile__` to any URL and gets a flamegraph of
+//!   that one request, sampled on a profiling thread of its own.
 //! - [`spans`]: the tracing layer that tells where pending requests await.
 //! - [`report`]: the report type, as data (serde) and as text.
 //! - [`sink`]: where reports go: the log, files, email (SMTP or `.eml` files), or your own.
@@ -20,6 +22,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `email` | yes | `sink::EmailSink`: SMTP or `.eml` files (lettre, rustls with ring) |
+//! | `flamegraph` | yes | the profiler's SVG and HTML rendering (inferno) |
 //!
 //! # Quick start (axum)
 //!

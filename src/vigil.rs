@@ -13,12 +13,14 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::monitor::{Core, CoreConfig};
+use crate::profiler::{Profiler, ProfilerLayer};
 use crate::timebox::{Timebox, TimeboxBody, TimeboxLayer};
 use crate::watchdog::{Watchdog, WatchdogLayer};
 
 /// Stacks tower-vigil's layers in the right order over one registry and one monitor thread.
 ///
-/// With both a watchdog and a timebox, each request is registered once and the monitor fires
+/// The profiler is outermost, so a profiled request runs on the profiling thread and is exempt
+/// from the timebox. With both a watchdog and a timebox, each request is registered once and the monitor fires
 /// its threshold and its deadlines; the watchdog also captures at the soft deadline and, for
 /// wedged requests, at the hard one, so the evidence is written before the supervisor's kill.
 /// Counters stay readable through clones of the layers given here
@@ -27,17 +29,25 @@ use crate::watchdog::{Watchdog, WatchdogLayer};
 /// ```
 /// use std::time::Duration;
 /// use axum::{routing::get, Router};
+/// use tower_vigil::profiler::{ProfilerLayer, SharedSecret};
 /// use tower_vigil::{timebox::TimeboxLayer, watchdog::WatchdogLayer, Vigil};
 ///
 /// let watchdog = WatchdogLayer::new(Duration::from_secs(10));
 /// let timebox = TimeboxLayer::supervisor_timeout(Duration::from_secs(30)).unwrap();
+/// let profiler = ProfilerLayer::new().authorize(SharedSecret::new("s3cret-token"));
 /// let app: Router = Router::new()
 ///     .route("/", get(|| async { "hello" }))
-///     .layer(Vigil::new().watchdog(watchdog.clone()).timebox(timebox.clone()));
+///     .layer(
+///         Vigil::new()
+///             .profiler(profiler)
+///             .watchdog(watchdog.clone())
+///             .timebox(timebox.clone()),
+///     );
 /// assert_eq!(watchdog.stats().reported, 0);
 /// ```
 #[derive(Clone, Default)]
 pub struct Vigil {
+    profiler: Option<ProfilerLayer>,
     watchdog: Option<WatchdogLayer>,
     timebox: Option<TimeboxLayer>,
     started: Arc<OnceLock<Started>>,
@@ -53,6 +63,7 @@ enum Started {
 impl fmt::Debug for Vigil {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vigil")
+            .field("profiler", &self.profiler)
             .field("watchdog", &self.watchdog)
             .field("timebox", &self.timebox)
             .finish_non_exhaustive()
@@ -63,6 +74,12 @@ impl Vigil {
     /// A stack with no layer enabled; requests pass through untouched.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Adds the profiler, outermost. Default: none.
+    pub fn profiler(mut self, profiler: ProfilerLayer) -> Self {
+        self.profiler = Some(profiler);
+        self
     }
 
     /// Adds the watchdog. Default: none.
@@ -103,7 +120,7 @@ impl Vigil {
 }
 
 impl<S> Layer<S> for Vigil {
-    type Service = VigilService<S>;
+    type Service = Profiler<VigilService<S>>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let kind = match self.started.get_or_init(|| self.start()) {
@@ -111,11 +128,13 @@ impl<S> Layer<S> for Vigil {
             Started::WatchdogOnly(watchdog) => Kind::Watchdog(watchdog.layer(inner)),
             Started::Nothing => Kind::Watchdog(Watchdog::new(inner, None)),
         };
-        VigilService { kind }
+        // Without a profiler, an unauthorized one: it passes every request straight through.
+        let profiler = self.profiler.clone().unwrap_or_default();
+        profiler.layer(VigilService { kind })
     }
 }
 
-/// The service made by [`Vigil`].
+/// The watchdog and timebox part of a [`Vigil`] stack, inside its profiler.
 #[derive(Clone, Debug)]
 pub struct VigilService<S> {
     kind: Kind<S>,

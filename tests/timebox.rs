@@ -625,3 +625,41 @@ async fn futures_that_are_not_send_are_timeboxed_inline() {
     );
     assert_eq!(timebox.stats().hard_timeouts, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profiled_request_is_not_killed_at_the_timebox_deadline() {
+    use tower_vigil::profiler::{ProfilerLayer, SharedSecret};
+    let timebox = layer();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(HARD + Duration::from_millis(200)).await;
+                "done"
+            }),
+        )
+        .layer(
+            Vigil::new()
+                .profiler(ProfilerLayer::new().authorize(SharedSecret::new("admin-token-123")))
+                .timebox(timebox.clone()),
+        );
+    let addr = serve(app).await;
+    // Not profiled: killed at the hard deadline.
+    assert_eq!(http_get(addr, "/slow", &[]).await.0, 503);
+    // Profiled: runs to the end on the profiling thread and returns its flamegraph.
+    let started = Instant::now();
+    let (status, body) = http_get(
+        addr,
+        "/slow?__profile__",
+        &[("x-vigil-secret", "admin-token-123")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("<svg"), "{body}");
+    assert!(started.elapsed() >= HARD + Duration::from_millis(200));
+    assert_eq!(
+        timebox.stats().hard_timeouts,
+        1,
+        "only the unprofiled request"
+    );
+}

@@ -43,19 +43,7 @@ pub struct Profiled {
     pub mode: Mode,
 }
 
-/// An invalid profiler configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::error::ConfigError;
 
 /// Configuration shared by every service of one layer.
 #[derive(Clone)]
@@ -249,12 +237,10 @@ impl ProfilerLayer {
     /// Like [`ProfilerLayer::rate_hz`], returning an error for a rate out of range.
     pub fn try_rate_hz(mut self, hz: u32) -> Result<Self, ConfigError> {
         if hz == 0 || hz > Self::MAX_RATE_HZ {
-            return Err(ConfigError {
-                message: format!(
-                    "sampling rate must be between 1 and {} Hz, got {hz}",
-                    Self::MAX_RATE_HZ
-                ),
-            });
+            return Err(ConfigError::new(format!(
+                "sampling rate must be between 1 and {} Hz, got {hz}",
+                Self::MAX_RATE_HZ
+            )));
         }
         self.config().rate_hz = hz;
         Ok(self)
