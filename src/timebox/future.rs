@@ -171,6 +171,14 @@ fn timeout_response<B>(shared: &Shared) -> Response<TimeboxBody<B>> {
     response
 }
 
+fn hard_timeout<B>(shared: &Shared) -> Response<TimeboxBody<B>> {
+    shared
+        .counters
+        .hard_timeouts
+        .fetch_add(1, Ordering::Relaxed);
+    timeout_response(shared)
+}
+
 fn finish<B, E>(
     output: Result<Response<B>, E>,
     registration: Registration,
@@ -220,11 +228,7 @@ where
                 let slot = held.slot();
                 slot.set_waker(cx.waker());
                 if slot.flags(held.id()) & HARD_FIRED != 0 {
-                    shared
-                        .counters
-                        .hard_timeouts
-                        .fetch_add(1, Ordering::Relaxed);
-                    let response = timeout_response(shared);
+                    let response = hard_timeout(shared);
                     // Drops the handler's future in place: its destructors run now.
                     state.set(State::Done);
                     return Poll::Ready(Ok(response));
@@ -246,11 +250,7 @@ where
             } => {
                 handle.slot.set_waker(cx.waker());
                 if handle.flags() & HARD_FIRED != 0 {
-                    shared
-                        .counters
-                        .hard_timeouts
-                        .fetch_add(1, Ordering::Relaxed);
-                    let response = timeout_response(shared);
+                    let response = hard_timeout(shared);
                     // Dropping the task handle aborts the task: the handler's future is dropped
                     // at its next await point, or when a blocked thread returns to the runtime.
                     state.set(State::Done);

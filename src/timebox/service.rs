@@ -117,6 +117,47 @@ fn prepare<B>(shared: &Option<Arc<Shared>>, mut request: Request<B>) -> Prepared
     }
 }
 
+/// The service called for a prepared request.
+enum Called<F: std::future::Future> {
+    Done(ResponseFuture<F>),
+    Timeboxed {
+        future: F,
+        registration: Registration,
+        active: ActiveDeadline,
+        shared: Arc<Shared>,
+    },
+}
+
+fn call_prepared<S, B>(inner: &mut S, prepared: Prepared<B>) -> Called<S::Future>
+where
+    S: Service<Request<B>>,
+{
+    match prepared {
+        Prepared::Passthrough(request) => {
+            Called::Done(ResponseFuture::passthrough(inner.call(request)))
+        }
+        Prepared::Shed(shared) => Called::Done(ResponseFuture::shed(shared)),
+        Prepared::Timeboxed {
+            request,
+            registration,
+            active,
+            shared,
+        } => {
+            // Work done synchronously inside `call` belongs to the request too.
+            let future = {
+                let _scope = Isolated::<S::Future>::scope(&registration, active);
+                inner.call(request)
+            };
+            Called::Timeboxed {
+                future,
+                registration,
+                active,
+                shared,
+            }
+        }
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Timebox<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -133,19 +174,14 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        match prepare(&self.shared, request) {
-            Prepared::Passthrough(request) => ResponseFuture::passthrough(self.inner.call(request)),
-            Prepared::Shed(shared) => ResponseFuture::shed(shared),
-            Prepared::Timeboxed {
-                request,
+        match call_prepared(&mut self.inner, prepare(&self.shared, request)) {
+            Called::Done(future) => future,
+            Called::Timeboxed {
+                future,
                 registration,
                 active,
                 shared,
             } => {
-                let future = {
-                    let _scope = Isolated::<S::Future>::scope(&registration, active);
-                    self.inner.call(request)
-                };
                 if shared.isolate && tokio::runtime::Handle::try_current().is_ok() {
                     ResponseFuture::spawned(future, registration, active, shared)
                 } else {
@@ -201,21 +237,14 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        match prepare(&self.shared, request) {
-            Prepared::Passthrough(request) => ResponseFuture::passthrough(self.inner.call(request)),
-            Prepared::Shed(shared) => ResponseFuture::shed(shared),
-            Prepared::Timeboxed {
-                request,
+        match call_prepared(&mut self.inner, prepare(&self.shared, request)) {
+            Called::Done(future) => future,
+            Called::Timeboxed {
+                future,
                 registration,
                 active,
                 shared,
-            } => {
-                let future = {
-                    let _scope = Isolated::<S::Future>::scope(&registration, active);
-                    self.inner.call(request)
-                };
-                ResponseFuture::inline(future, registration, active, shared)
-            }
+            } => ResponseFuture::inline(future, registration, active, shared),
         }
     }
 }
