@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::Message;
 
@@ -65,6 +65,26 @@ impl TlsMode {
 /// # Ok::<(), tower_vigil::sink::EmailError>(())
 /// ```
 ///
+/// With TLS ([`TlsMode::StartTls`], the default, or [`TlsMode::Implicit`]) the server's
+/// certificate must be valid for `host` and chain to a trusted root: by default the built-in
+/// [webpki roots](https://github.com/rustls/webpki-roots) (Mozilla's list), never the
+/// operating system's store. A server with a certificate from an internal CA is reached by
+/// trusting that CA as well, with [`SmtpConfig::root_certificate_pem`]:
+///
+/// ```no_run
+/// use tower_vigil::sink::{SmtpConfig, TlsMode};
+///
+/// let ca = std::fs::read("/etc/ssl/internal-ca.pem").expect("the CA certificate");
+/// let config = SmtpConfig::new("mail.internal.example")
+///     .tls(TlsMode::StartTls)
+///     .root_certificate_pem(ca)?;
+/// let email = tower_vigil::sink::EmailSink::smtp_with(config)?;
+/// # Ok::<(), tower_vigil::sink::EmailError>(())
+/// ```
+///
+/// A certificate the client rejects (unknown issuer, wrong name, expired) makes the delivery
+/// fail at once, without retries, and the report goes to the fallback sink.
+///
 /// Its `Debug` output never shows the password.
 #[derive(Clone)]
 pub struct SmtpConfig {
@@ -74,6 +94,8 @@ pub struct SmtpConfig {
     credentials: Option<(String, String)>,
     connect_timeout: Duration,
     command_timeout: Duration,
+    /// Trusted in addition to the built-in webpki roots.
+    root_certificates: Vec<Certificate>,
 }
 
 impl SmtpConfig {
@@ -96,6 +118,7 @@ impl SmtpConfig {
             credentials: None,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
+            root_certificates: Vec::new(),
         }
     }
 
@@ -199,6 +222,47 @@ impl SmtpConfig {
         self
     }
 
+    /// Also trusts the root certificates (CAs) in `pem`, such as an internal CA that signed the
+    /// SMTP server's certificate: one or more `-----BEGIN CERTIFICATE-----` sections, other
+    /// sections are ignored. May be called again to add more. Used for [`TlsMode::StartTls`]
+    /// and [`TlsMode::Implicit`]; the server's name is still checked against its certificate.
+    ///
+    /// Default: only the built-in webpki roots (Mozilla's list) are trusted. The roots added
+    /// here are trusted in addition to them.
+    ///
+    /// # Errors
+    ///
+    /// `pem` holds no certificate, a malformed PEM section, or a certificate that cannot serve
+    /// as a trust anchor.
+    pub fn root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Result<Self, EmailError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+
+        let certificates = CertificateDer::pem_slice_iter(pem.as_ref())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| {
+                EmailError::new(format!("SMTP root certificate: invalid PEM: {error}"))
+            })?;
+        if certificates.is_empty() {
+            return Err(EmailError::new(
+                "SMTP root certificate: no -----BEGIN CERTIFICATE----- section in the PEM",
+            ));
+        }
+        // Checks now what the TLS setup would otherwise reject only when the sink is built.
+        let mut store = rustls::RootCertStore::empty();
+        for certificate in certificates {
+            store.add(certificate.clone()).map_err(|error| {
+                EmailError::new(format!(
+                    "SMTP root certificate: unusable as a root: {error}"
+                ))
+            })?;
+            let certificate = Certificate::from_der(certificate.to_vec())
+                .map_err(|error| EmailError::new(format!("SMTP root certificate: {error}")))?;
+            self.root_certificates.push(certificate);
+        }
+        Ok(self)
+    }
+
     /// The port connected to: the one set, or the TLS mode's default.
     pub(crate) fn resolved_port(&self) -> u16 {
         self.port.unwrap_or(self.tls.default_port())
@@ -249,6 +313,7 @@ impl fmt::Debug for SmtpConfig {
             )
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field("extra_root_certificates", &self.root_certificates.len())
             .finish()
     }
 }
@@ -295,10 +360,18 @@ impl SmtpClient {
         config.validate()?;
         let tls = match config.tls {
             TlsMode::None => None,
-            TlsMode::StartTls | TlsMode::Implicit => Some(
-                TlsParameters::new_rustls(config.host.clone())
-                    .map_err(|error| EmailError::new(format!("SMTP TLS setup: {error}")))?,
-            ),
+            TlsMode::StartTls | TlsMode::Implicit => {
+                // The default store is lettre's built-in webpki roots (feature rustls-tls).
+                let builder = config.root_certificates.iter().cloned().fold(
+                    TlsParameters::builder(config.host.clone()),
+                    |builder, certificate| builder.add_root_certificate(certificate),
+                );
+                Some(
+                    builder
+                        .build_rustls()
+                        .map_err(|error| EmailError::new(format!("SMTP TLS setup: {error}")))?,
+                )
+            }
         };
         let hello = hello_name();
         Ok(Self { config, tls, hello })
@@ -371,12 +444,35 @@ impl SmtpClient {
     /// AUTH mechanism) and TLS failures would fail the same way again, so they are not retried.
     fn error(&self, stage: &str, error: &lettre::transport::smtp::Error) -> SendError {
         let message = format!("SMTP {stage} at {}: {error}", self.endpoint());
-        if error.is_permanent() || error.is_client() || error.is_tls() {
+        if error.is_permanent() || error.is_client() || error.is_tls() || is_tls_failure(error) {
             SendError::permanent(message)
         } else {
             SendError::transient(message)
         }
     }
+}
+
+/// Whether a TLS error lies behind a network error. With rustls the handshake runs on the first
+/// read or write after connecting (implicit TLS) or after STARTTLS, so a rejected certificate
+/// reaches lettre as an I/O error that carries the `rustls::Error`.
+fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        // `io::Error::source` skips the error it wraps, so look at that one directly.
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        current = error.source();
+    }
+    false
 }
 
 /// The EHLO name: this host's name when it is a plausible domain, else 127.0.0.1.
@@ -479,6 +575,56 @@ mod tests {
             debug.contains("vigil") && debug.contains("[redacted]"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn root_certificates_are_checked_when_added() {
+        let config = SmtpConfig::new("mail.example.com");
+        for (pem, expected) in [
+            (&b"not a pem"[..], "no -----BEGIN CERTIFICATE-----"),
+            (b"", "no -----BEGIN CERTIFICATE-----"),
+            (
+                b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                "no -----BEGIN CERTIFICATE-----",
+            ),
+            (
+                b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                "invalid PEM",
+            ),
+            (
+                b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "unusable as a root",
+            ),
+        ] {
+            let error = config
+                .clone()
+                .root_certificate_pem(pem)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let config = config
+            .root_certificate_pem(ca.cert.pem())
+            .unwrap()
+            .root_certificate_pem(format!("{}{}", ca.cert.pem(), other.cert.pem()))
+            .unwrap();
+        assert_eq!(config.root_certificates.len(), 3);
+        assert!(format!("{config:?}").contains("extra_root_certificates: 3"));
+        assert!(SmtpClient::new(config).is_ok());
+    }
+
+    #[test]
+    fn tls_errors_inside_io_errors_are_recognised() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert!(is_tls_failure(&io));
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(!is_tls_failure(&io));
     }
 
     #[test]
