@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
-use common::smtp::{closed_port, Received, ServerConfig, SmtpServer};
+use common::smtp::{closed_port, Received, ServerConfig, SmtpServer, TestCa};
 use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mail_parser::{MessageParser, MimeHeaders};
 use tower_vigil::report::ReportKind;
-use tower_vigil::sink::{EmailSink, FileSink};
+use tower_vigil::sink::{EmailSink, FileSink, SmtpConfig, TlsMode};
 use tower_vigil::watchdog::WatchdogLayer;
 
 const THRESHOLD: Duration = Duration::from_millis(100);
@@ -563,6 +563,150 @@ fn starttls_is_required_unless_switched_off() {
     );
 }
 
+/// A sink to the test server by the name `localhost` (the name in its certificate), trusting the
+/// test CA when given one.
+fn tls_sink(smtp: &SmtpServer, mode: TlsMode, ca: Option<&TestCa>) -> SmtpConfig {
+    let config = SmtpConfig::new("localhost")
+        .port(smtp.port())
+        .tls(mode)
+        .connect_timeout(Duration::from_secs(5))
+        .command_timeout(Duration::from_secs(5));
+    match ca {
+        Some(ca) => config.root_certificate_pem(ca.ca_pem()).unwrap(),
+        None => config,
+    }
+}
+
+/// One slow request through a watchdog mailing with `config`; returns the sink for its stats.
+fn one_slow_report(config: SmtpConfig, fallback: &Collect) -> (EmailSink, App) {
+    let email = EmailSink::smtp_with(config)
+        .unwrap()
+        .from("Vigil <vigil@example.com>")
+        .unwrap()
+        .to("oncall@example.com")
+        .unwrap()
+        .retries(2)
+        .retry_backoff(Duration::from_millis(20))
+        .fallback(fallback.clone());
+    let watchdog = WatchdogLayer::new(THRESHOLD)
+        .recapture_at([])
+        .sink(email.clone());
+    let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
+    assert_eq!(app.get("/slow", &[]).0, 200);
+    (email, app)
+}
+
+fn assert_is_the_slow_report(received: &Received) {
+    assert_eq!(received.mail_from, "vigil@example.com");
+    assert_eq!(received.rcpt_to, ["oncall@example.com"]);
+    let mail = parse(received);
+    assert!(
+        mail.subject().unwrap_or("").contains("GET /slow"),
+        "{:?}",
+        mail.subject()
+    );
+    let (_, json) = json_attachment(&mail);
+    assert_eq!(json["uri"], "/slow");
+}
+
+#[test]
+fn starttls_with_a_trusted_internal_ca_delivers_over_tls() {
+    init_tracing();
+    let ca = TestCa::new();
+    let smtp = SmtpServer::with(ServerConfig {
+        tls: Some(ca.starttls()),
+        ..ServerConfig::default()
+    });
+    let fallback = Collect::default();
+    let (email, _app) = one_slow_report(tls_sink(&smtp, TlsMode::StartTls, Some(&ca)), &fallback);
+    let mails = smtp.wait_for_messages(1, PATIENCE).expect("a mail");
+    assert!(mails[0].tls, "the mail came in clear text");
+    assert_eq!(smtp.handshakes(), 1);
+    assert_is_the_slow_report(&mails[0]);
+    let stats = email.stats();
+    assert_eq!(
+        (stats.sent, stats.retried, stats.failed_to_fallback),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert!(fallback.all().is_empty());
+}
+
+#[test]
+fn implicit_tls_with_a_trusted_internal_ca_delivers() {
+    init_tracing();
+    let ca = TestCa::new();
+    let smtp = SmtpServer::with(ServerConfig {
+        tls: Some(ca.implicit()),
+        ..ServerConfig::default()
+    });
+    let fallback = Collect::default();
+    let (email, _app) = one_slow_report(tls_sink(&smtp, TlsMode::Implicit, Some(&ca)), &fallback);
+    let mails = smtp.wait_for_messages(1, PATIENCE).expect("a mail");
+    assert!(mails[0].tls);
+    assert_eq!(smtp.handshakes(), 1);
+    assert_is_the_slow_report(&mails[0]);
+    let stats = email.stats();
+    assert_eq!((stats.sent, stats.failed_to_fallback), (1, 0), "{stats:?}");
+}
+
+#[test]
+fn credentials_are_sent_only_inside_tls() {
+    init_tracing();
+    let ca = TestCa::new();
+    // The server offers AUTH only after STARTTLS, so a login proves the order.
+    let smtp = SmtpServer::with(ServerConfig {
+        tls: Some(ca.starttls()),
+        auth: Some(("vigil".into(), "s3cret-pass".into())),
+        ..ServerConfig::default()
+    });
+    let config =
+        tls_sink(&smtp, TlsMode::StartTls, Some(&ca)).credentials("vigil", "s3cret-pass");
+    let fallback = Collect::default();
+    let (email, _app) = one_slow_report(config, &fallback);
+    let mails = smtp.wait_for_messages(1, PATIENCE).expect("a mail");
+    assert!(mails[0].tls);
+    assert_eq!(
+        mails[0].auth,
+        Some(("vigil".to_owned(), "s3cret-pass".to_owned()))
+    );
+    assert_is_the_slow_report(&mails[0]);
+    assert_eq!(email.stats().sent, 1);
+}
+
+#[test]
+fn an_untrusted_certificate_is_a_permanent_failure() {
+    init_tracing();
+    let ca = TestCa::new();
+    for mode in [TlsMode::StartTls, TlsMode::Implicit] {
+        let smtp = SmtpServer::with(ServerConfig {
+            tls: Some(if mode == TlsMode::StartTls {
+                ca.starttls()
+            } else {
+                ca.implicit()
+            }),
+            ..ServerConfig::default()
+        });
+        let fallback = Collect::default();
+        // Only the built-in webpki roots: the test CA is unknown.
+        let (email, _app) = one_slow_report(tls_sink(&smtp, mode, None), &fallback);
+        let report = fallback
+            .wait_for(PATIENCE, |r| r.kind == ReportKind::Slow)
+            .expect("the report in the fallback sink");
+        assert_eq!(report.uri, "/slow");
+        let stats = email.stats();
+        assert_eq!(
+            (stats.sent, stats.retried, stats.failed_to_fallback),
+            (0, 0, 1),
+            "{mode:?}: {stats:?}"
+        );
+        assert_eq!(smtp.connections(), 1, "{mode:?}: retried");
+        assert_eq!(smtp.handshakes(), 0, "{mode:?}");
+        assert_eq!(smtp.mail_commands(), 0, "{mode:?}");
+        assert!(smtp.messages().is_empty());
+    }
+}
+
 #[test]
 fn flush_sends_the_pending_digest_at_once_and_follow_ups_thread() {
     init_tracing();
@@ -701,6 +845,10 @@ fn bad_input_is_an_error_when_the_sink_is_built() {
         assert!(!error.contains("hunter2"), "{url}: {error}");
     }
     assert!(sink().unwrap().subject("[vigil] {nope}").is_err());
+    let error = SmtpConfig::new("mail.example.com")
+        .root_certificate_pem(b"not a pem")
+        .unwrap_err();
+    assert!(error.to_string().contains("root certificate"), "{error}");
     let dir = temp_dir("email-not-a-dir");
     let file = dir.join("file");
     std::fs::write(&file, b"x").unwrap();

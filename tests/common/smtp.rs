@@ -1,8 +1,10 @@
 //! A small but real SMTP server on 127.0.0.1 (RFC 5321): greeting, EHLO/HELO, AUTH PLAIN and
-//! LOGIN, MAIL FROM, RCPT TO, DATA with dot-unstuffing, RSET, NOOP, QUIT. Switches make it stall
-//! after accepting a connection, or answer MAIL FROM with an error code.
+//! LOGIN, MAIL FROM, RCPT TO, DATA with dot-unstuffing, RSET, NOOP, QUIT, and TLS: implicit (from
+//! the first byte) or STARTTLS (RFC 3207), with a certificate for `localhost` from a test CA made
+//! at test time. Switches make it stall after accepting a connection, or answer MAIL FROM with an
+//! error code.
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -23,7 +25,81 @@ pub struct Received {
     pub data: Vec<u8>,
     /// The credentials the client logged in with.
     pub auth: Option<(String, String)>,
+    /// Whether the message came over TLS (implicit, or after STARTTLS).
+    pub tls: bool,
     pub at: Instant,
+}
+
+/// A CA made at test time and a certificate for `localhost` it signed, as a company's internal
+/// CA would.
+pub struct TestCa {
+    ca_pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "tower-vigil test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key.into())
+            .unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            server: Arc::new(server),
+        }
+    }
+
+    /// The CA certificate, to be trusted by the client.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// TLS from the first byte.
+    pub fn implicit(&self) -> ServerTls {
+        ServerTls {
+            starttls: false,
+            config: self.server.clone(),
+        }
+    }
+
+    /// STARTTLS offered in the EHLO answer; AUTH and MAIL only after the upgrade.
+    pub fn starttls(&self) -> ServerTls {
+        ServerTls {
+            starttls: true,
+            config: self.server.clone(),
+        }
+    }
+}
+
+/// How the server speaks TLS; made by [`TestCa`].
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    starttls: bool,
+    config: Arc<rustls::ServerConfig>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -34,6 +110,8 @@ pub struct ServerConfig {
     pub stall: bool,
     /// Answer the first `n` MAIL FROM commands with this code (such as 451 or 550).
     pub fail_mail: Option<(u16, usize)>,
+    /// Implicit TLS or STARTTLS; plain text when `None`.
+    pub tls: Option<ServerTls>,
 }
 
 struct Shared {
@@ -43,6 +121,7 @@ struct Shared {
     changed: Condvar,
     connections: AtomicUsize,
     mail_commands: AtomicUsize,
+    handshakes: AtomicUsize,
 }
 
 /// The running server; dropping it stops it.
@@ -68,6 +147,7 @@ impl SmtpServer {
             changed: Condvar::new(),
             connections: AtomicUsize::new(0),
             mail_commands: AtomicUsize::new(0),
+            handshakes: AtomicUsize::new(0),
         });
         let accept_shared = shared.clone();
         let accept = std::thread::Builder::new()
@@ -96,6 +176,11 @@ impl SmtpServer {
 
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes completed (implicit or after STARTTLS).
+    pub fn handshakes(&self) -> usize {
+        self.shared.handshakes.load(Ordering::SeqCst)
     }
 
     pub fn mail_commands(&self) -> usize {
@@ -166,16 +251,100 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// The socket, in plain text or inside TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Runs the server side of a TLS handshake on `socket` to the end, so that neither the greeting
+/// nor a reply meets an unfinished handshake.
+fn handshake(socket: TcpStream, shared: &Shared, tls: &ServerTls) -> std::io::Result<Stream> {
+    let mut socket = socket;
+    let mut connection = rustls::ServerConnection::new(tls.config.clone())
+        .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))?;
+    let started = Instant::now();
+    while connection.is_handshaking() {
+        match connection.complete_io(&mut socket) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if shared.stop.load(Ordering::SeqCst) || started.elapsed() > IDLE_LIMIT {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    shared.handshakes.fetch_add(1, Ordering::SeqCst);
+    Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(
+        connection, socket,
+    ))))
+}
+
 struct Connection<'a> {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Stream>,
     shared: &'a Shared,
 }
 
 impl Connection<'_> {
     fn reply(&mut self, line: &str) -> std::io::Result<()> {
-        self.writer.write_all(line.as_bytes())?;
-        self.writer.write_all(b"\r\n")
+        let writer = self.reader.get_mut();
+        writer.write_all(format!("{line}\r\n").as_bytes())?;
+        writer.flush()
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self.reader.get_ref(), Stream::Tls(_))
+    }
+
+    /// STARTTLS: the same socket, now inside TLS. Anything the client sent after STARTTLS and
+    /// before the handshake would be an injection (RFC 3207 section 5), so it is refused.
+    fn upgrade(&mut self, tls: &ServerTls) -> std::io::Result<()> {
+        if !self.reader.buffer().is_empty() {
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidData,
+                "plain text after STARTTLS",
+            ));
+        }
+        let placeholder = BufReader::new(Stream::Plain(self.socket()?));
+        let Stream::Plain(socket) = std::mem::replace(&mut self.reader, placeholder).into_inner()
+        else {
+            return Err(std::io::Error::other("STARTTLS inside TLS"));
+        };
+        self.reader = BufReader::new(handshake(socket, self.shared, tls)?);
+        Ok(())
+    }
+
+    fn socket(&self) -> std::io::Result<TcpStream> {
+        match self.reader.get_ref() {
+            Stream::Plain(s) => s.try_clone(),
+            Stream::Tls(s) => s.sock.try_clone(),
+        }
     }
 
     /// One line without its CRLF; `None` at end of stream, on stop, or when idle too long.
@@ -218,12 +387,19 @@ fn serve(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         return Ok(());
     }
+    let tls = shared.config.tls.as_ref();
+    let stream = match tls {
+        Some(tls) if !tls.starttls => handshake(stream, shared, tls)?,
+        _ => Stream::Plain(stream),
+    };
     let mut conn = Connection {
-        reader: BufReader::new(stream.try_clone()?),
-        writer: stream,
+        reader: BufReader::new(stream),
         shared,
     };
     conn.reply("220 test.localhost ESMTP vigil test server")?;
+    // With STARTTLS offered, AUTH and mail wait for the upgrade (as real submission servers do).
+    let starttls_pending = |conn: &Connection<'_>| tls.is_some() && !conn.is_tls();
+    let mut greeted = false;
     let mut authed: Option<(String, String)> = None;
     let mut mail_from: Option<String> = None;
     let mut rcpt_to: Vec<String> = Vec::new();
@@ -232,14 +408,33 @@ fn serve(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         let verb = upper.split(' ').next().unwrap_or("");
         match verb {
             "EHLO" => {
+                greeted = true;
                 conn.reply("250-test.localhost greets you")?;
-                if shared.config.auth.is_some() {
+                if starttls_pending(&conn) {
+                    conn.reply("250-STARTTLS")?;
+                } else if shared.config.auth.is_some() {
                     conn.reply("250-AUTH PLAIN LOGIN")?;
                 }
                 conn.reply("250-8BITMIME")?;
                 conn.reply("250 SIZE 10485760")?;
             }
-            "HELO" => conn.reply("250 test.localhost")?,
+            "HELO" => {
+                greeted = true;
+                conn.reply("250 test.localhost")?;
+            }
+            "STARTTLS" if starttls_pending(&conn) => {
+                conn.reply("220 2.0.0 Ready to start TLS")?;
+                conn.upgrade(tls.expect("TLS is configured"))?;
+                // RFC 3207 4.2: forget everything said in plain text; a fresh EHLO comes first.
+                greeted = false;
+                authed = None;
+                mail_from = None;
+                rcpt_to.clear();
+            }
+            "AUTH" | "MAIL" if starttls_pending(&conn) => {
+                conn.reply("530 5.7.0 Must issue a STARTTLS command first")?;
+            }
+            "AUTH" | "MAIL" if !greeted => conn.reply("503 5.5.1 EHLO first")?,
             "AUTH" => {
                 let credentials = authenticate(&mut conn, &line)?;
                 match (&shared.config.auth, credentials) {
@@ -286,6 +481,7 @@ fn serve(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     rcpt_to: std::mem::take(&mut rcpt_to),
                     data,
                     auth: authed.clone(),
+                    tls: conn.is_tls(),
                     at: Instant::now(),
                 };
                 shared.received.lock().unwrap().push(received);
