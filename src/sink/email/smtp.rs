@@ -628,6 +628,51 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_issuer_is_permanent_and_says_so() {
+        // A server speaking implicit TLS with a self-signed certificate nobody trusts.
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![key.cert.der().clone()],
+            rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()).into(),
+        )
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let serve = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut tls = rustls::ServerConnection::new(std::sync::Arc::new(server)).unwrap();
+            while tls.is_handshaking() {
+                if tls.complete_io(&mut socket).is_err() {
+                    break;
+                }
+            }
+        });
+        let config = SmtpConfig::new("localhost")
+            .port(port)
+            .tls(TlsMode::Implicit)
+            .connect_timeout(Duration::from_secs(5));
+        let client = SmtpClient::new(config).unwrap();
+        let message = Message::builder()
+            .from("a@example.com".parse().unwrap())
+            .to("b@example.com".parse().unwrap())
+            .body(String::from("x"))
+            .unwrap();
+        let error = client.send(&message).unwrap_err();
+        serve.join().unwrap();
+        assert!(error.permanent, "{}", error.message);
+        assert!(error.message.contains("UnknownIssuer"), "{}", error.message);
+    }
+
+    #[test]
     fn a_refused_connection_is_transient_and_names_no_secret() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
