@@ -209,9 +209,11 @@ impl EmailSink {
     ///
     /// # Errors
     ///
-    /// An empty host, a zero timeout, or credentials that would be sent in clear text.
+    /// An empty host, a zero timeout, credentials that would be sent in clear text, or TLS
+    /// settings that cannot be set up (checked here, not at the first delivery).
     pub fn smtp_with(config: SmtpConfig) -> Result<Self, EmailError> {
-        config.validate()?;
+        // Builds the client once, TLS parameters and root certificates included, and drops it.
+        SmtpClient::new(config.clone())?;
         Ok(Self::with_transport(TransportConfig::Smtp(config)))
     }
 
