@@ -207,3 +207,41 @@ pub async fn http_get_full(
         .to_bytes();
     Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// Counts how many guards were made and dropped.
+#[derive(Clone, Default)]
+pub struct DropCounter {
+    pub made: Arc<std::sync::atomic::AtomicUsize>,
+    pub dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+pub struct Guard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl DropCounter {
+    pub fn guard(&self) -> Guard {
+        self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Guard(self.dropped.clone())
+    }
+
+    pub fn balanced(&self) -> bool {
+        self.made.load(std::sync::atomic::Ordering::SeqCst)
+            == self.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+pub async fn wait_until(timeout: Duration, check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    check()
+}
