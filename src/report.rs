@@ -360,7 +360,8 @@ pub(crate) fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-fn format_secs(secs: f64) -> String {
+/// Seconds as `480 ms` below one second, `7.2 s` above.
+pub(crate) fn format_secs(secs: f64) -> String {
     if secs < 1.0 {
         format!("{:.0} ms", secs * 1000.0)
     } else {

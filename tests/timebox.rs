@@ -29,19 +29,7 @@ async fn a_hard_timeout_answers_503_on_time_and_runs_destructors() {
     let drops = DropCounter::default();
     let counter = drops.clone();
     let timebox = layer();
-    let app = Router::new()
-        .route(
-            "/slow",
-            get(move || {
-                let guard = counter.guard();
-                async move {
-                    let _guard = guard;
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    "never"
-                }
-            }),
-        )
-        .layer(timebox.clone());
+    let app = never_answering_route("/slow", counter).layer(timebox.clone());
     let addr = serve(app).await;
     let started = Instant::now();
     let (status, headers, body) = http_get_full(addr, "/slow", &[]).await.unwrap();

@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::get;
-use axum::Router;
 use common::*;
 use tower_vigil::timebox::TimeboxLayer;
 
@@ -20,19 +18,7 @@ fn ten_thousand_cancelled_requests_leak_nothing() {
         .grace(Duration::from_millis(10))
         .unwrap()
         .resolution(Duration::from_millis(2));
-    let app = Router::new()
-        .route(
-            "/",
-            get(move || {
-                let guard = counter.guard();
-                async move {
-                    let _guard = guard;
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    "never"
-                }
-            }),
-        )
-        .layer(timebox.clone());
+    let app = never_answering_route("/", counter).layer(timebox.clone());
     let (addr, server) = serve_on_own_runtime(app, 2);
     let baseline = server.metrics().num_alive_tasks();
     let client_runtime = tokio::runtime::Builder::new_current_thread()

@@ -245,3 +245,19 @@ pub async fn wait_until(timeout: Duration, check: impl Fn() -> bool) -> bool {
     }
     check()
 }
+
+/// A route at `path` whose handler never answers by itself (it sleeps 30 s) and holds a guard
+/// of `counter`, so a test can see that the timebox dropped it.
+pub fn never_answering_route(path: &str, counter: DropCounter) -> Router {
+    Router::new().route(
+        path,
+        axum::routing::get(move || {
+            let guard = counter.guard();
+            async move {
+                let _guard = guard;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "never"
+            }
+        }),
+    )
+}

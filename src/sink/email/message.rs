@@ -174,13 +174,7 @@ pub(crate) fn clean_subject(raw: &str) -> String {
     out
 }
 
-pub(crate) fn format_secs(secs: f64) -> String {
-    if secs < 1.0 {
-        format!("{:.0} ms", secs * 1000.0)
-    } else {
-        format!("{secs:.1} s")
-    }
-}
+pub(crate) use crate::report::format_secs;
 
 /// Letters, digits, dots and hyphens: usable in an EHLO name, a Message-ID or a default From.
 pub(crate) fn is_domain_like(name: &str) -> bool {
