@@ -609,16 +609,19 @@ fn assert_is_the_slow_report(received: &Received) {
     assert_eq!(json["uri"], "/slow");
 }
 
-#[test]
-fn starttls_with_a_trusted_internal_ca_delivers_over_tls() {
+/// A report mailed in `mode` to a test server whose certificate the trusted test CA signed.
+fn delivers_over_tls(mode: TlsMode) {
     init_tracing();
     let ca = TestCa::new();
     let smtp = SmtpServer::with(ServerConfig {
-        tls: Some(ca.starttls()),
+        tls: Some(match mode {
+            TlsMode::Implicit => ca.implicit(),
+            _ => ca.starttls(),
+        }),
         ..ServerConfig::default()
     });
     let fallback = Collect::default();
-    let (email, _app) = one_slow_report(tls_sink(&smtp, TlsMode::StartTls, Some(&ca)), &fallback);
+    let (email, _app) = one_slow_report(tls_sink(&smtp, mode, Some(&ca)), &fallback);
     let mails = smtp.wait_for_messages(1, PATIENCE).expect("a mail");
     assert!(mails[0].tls, "the mail came in clear text");
     assert_eq!(smtp.handshakes(), 1);
@@ -635,26 +638,13 @@ fn starttls_with_a_trusted_internal_ca_delivers_over_tls() {
 }
 
 #[test]
+fn starttls_with_a_trusted_internal_ca_delivers_over_tls() {
+    delivers_over_tls(TlsMode::StartTls);
+}
+
+#[test]
 fn implicit_tls_with_a_trusted_internal_ca_delivers() {
-    init_tracing();
-    let ca = TestCa::new();
-    let smtp = SmtpServer::with(ServerConfig {
-        tls: Some(ca.implicit()),
-        ..ServerConfig::default()
-    });
-    let fallback = Collect::default();
-    let (email, _app) = one_slow_report(tls_sink(&smtp, TlsMode::Implicit, Some(&ca)), &fallback);
-    let mails = smtp.wait_for_messages(1, PATIENCE).expect("a mail");
-    assert!(mails[0].tls);
-    assert_eq!(smtp.handshakes(), 1);
-    assert_is_the_slow_report(&mails[0]);
-    assert!(wait_until(PATIENCE, || email.stats().sent == 1));
-    let stats = email.stats();
-    assert_eq!(
-        (stats.sent, stats.retried, stats.failed_to_fallback),
-        (1, 0, 0),
-        "{stats:?}"
-    );
+    delivers_over_tls(TlsMode::Implicit);
 }
 
 #[test]
