@@ -27,7 +27,6 @@ pub const ALWAYS_REDACTED_HEADERS: [HeaderName; 4] = [
 /// What a request looked like when it came in, copied into reused buffers at registration.
 #[derive(Debug, Default)]
 pub(crate) struct RequestMeta {
-    pub(crate) id: u64,
     pub(crate) method: http::Method,
     pub(crate) version: http::Version,
     pub(crate) uri: String,
