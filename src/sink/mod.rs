@@ -38,6 +38,9 @@ pub use self::file::FileSink;
 pub use self::log::LogSink;
 
 use std::fmt;
+use std::sync::Arc;
+
+use crate::error::ConfigError;
 
 use crate::report::SlowRequestReport;
 
@@ -61,6 +64,26 @@ pub trait Sink: Send + Sync + 'static {
     fn flush(&self, deadline: std::time::Instant) -> bool {
         let _ = deadline;
         true
+    }
+}
+
+/// Something that becomes a running sink when a watchdog is built: every [`Sink`], and sinks
+/// that check settings and start threads of their own first, such as the email sink.
+///
+/// [`crate::watchdog::WatchdogBuilder::build`] calls [`IntoSink::into_sink`] for each sink, so
+/// a sink that cannot start is a [`ConfigError`] there, not a lost report later.
+pub trait IntoSink: Send + Sync + 'static {
+    /// Checks the sink's settings and starts it.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the setting at fault, or a thread that could not start.
+    fn into_sink(self) -> Result<Arc<dyn Sink>, ConfigError>;
+}
+
+impl<S: Sink> IntoSink for S {
+    fn into_sink(self) -> Result<Arc<dyn Sink>, ConfigError> {
+        Ok(Arc::new(self))
     }
 }
 

@@ -14,7 +14,7 @@ use crate::monitor::Core;
 use crate::registry::Seen;
 use crate::report::RequestCapture;
 use crate::sink::reporter::Reporter;
-use crate::sink::Sink;
+use crate::sink::{IntoSink, Sink};
 use crate::tracked::Parts;
 
 /// A layer that reports requests still running past a threshold.
@@ -99,9 +99,17 @@ impl WatchdogLayer {
     /// Adds a sink to this running watchdog, shared with every clone of the layer; every
     /// report from now on goes to every sink. Without a sink, reports are only counted: add
     /// [`crate::sink::LogSink`] at least.
-    pub fn sink(self, sink: impl Sink) -> Self {
+    ///
+    /// A sink that fails to start (an email sink without a recipient, say) is logged at ERROR
+    /// and left out; [`WatchdogBuilder::sink`] reports it as an error from `build` instead.
+    pub fn sink(self, sink: impl IntoSink) -> Self {
         if let Some(running) = &self.running {
-            running.part.reporter.add_sink(Arc::new(sink));
+            match sink.into_sink() {
+                Ok(sink) => running.part.reporter.add_sink(sink),
+                Err(error) => {
+                    tracing::error!(target: "tower_vigil", %error, "sink not added to the watchdog");
+                }
+            }
         }
         self
     }
@@ -212,21 +220,20 @@ impl<S> Layer<S> for WatchdogLayer {
 /// assert_eq!(error.field(), "watchdog.recapture_at");
 /// # Ok::<(), tower_vigil::ConfigError>(())
 /// ```
-#[derive(Clone)]
 pub struct WatchdogBuilder {
     config: WatchdogConfig,
-    sinks: Vec<Arc<dyn Sink>>,
+    sinks: Vec<PendingSink>,
     ignore_if: Option<Arc<IgnorePredicate>>,
 }
+
+/// A sink that starts when the watchdog is built.
+type PendingSink = Box<dyn FnOnce() -> Result<Arc<dyn Sink>, ConfigError> + Send + Sync>;
 
 impl fmt::Debug for WatchdogBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WatchdogBuilder")
             .field("config", &self.config)
-            .field(
-                "sinks",
-                &self.sinks.iter().map(|s| s.name()).collect::<Vec<_>>(),
-            )
+            .field("sinks", &self.sinks.len())
             .field("ignore_if", &self.ignore_if.is_some())
             .finish()
     }
@@ -234,9 +241,10 @@ impl fmt::Debug for WatchdogBuilder {
 
 impl WatchdogBuilder {
     /// Adds a sink. Call again to add more; every report goes to every sink. Default: none,
-    /// in which case reports are only counted; add [`crate::sink::LogSink`] at least.
-    pub fn sink(mut self, sink: impl Sink) -> Self {
-        self.sinks.push(Arc::new(sink));
+    /// in which case reports are only counted; add [`crate::sink::LogSink`] at least. Sinks
+    /// with threads of their own start in [`WatchdogBuilder::build`].
+    pub fn sink(mut self, sink: impl IntoSink) -> Self {
+        self.sinks.push(Box::new(move || sink.into_sink()));
         self
     }
 
@@ -360,7 +368,12 @@ impl WatchdogBuilder {
                 tracing::warn!(target: "tower_vigil", %reason, "native stack capture unavailable");
             }
         }
-        let reporter = Reporter::start(self.sinks, config.queue_capacity).map_err(|error| {
+        let sinks = self
+            .sinks
+            .into_iter()
+            .map(|start| start())
+            .collect::<Result<Vec<_>, _>>()?;
+        let reporter = Reporter::start(sinks, config.queue_capacity).map_err(|error| {
             ConfigError::other(
                 "watchdog",
                 format!("cannot start the reporter thread: {error}"),

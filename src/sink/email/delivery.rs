@@ -96,13 +96,6 @@ impl Counters {
     }
 }
 
-impl Counters {
-    /// A report that went to the fallback sinks without reaching the queue.
-    pub(crate) fn fell_back(&self) {
-        bump(&self.failed_to_fallback);
-    }
-}
-
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }

@@ -40,7 +40,7 @@ pub use self::smtp::{SmtpConfig, TlsMode};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lettre::message::Mailbox;
@@ -50,7 +50,8 @@ use self::delivery::{Counters, Delivery, Settings, Transport};
 use self::message::SubjectTemplate;
 use self::smtp::SmtpClient;
 use self::throttle::ThrottleConfig;
-use super::{LogSink, Sink, SinkError};
+use super::{IntoSink, LogSink, Sink, SinkError};
+use crate::error::ConfigError;
 use crate::report::SlowRequestReport;
 
 /// Mails slow-request reports through SMTP, or writes them as `.eml` files.
@@ -120,7 +121,6 @@ pub struct EmailSink {
     queue_capacity: usize,
     fallback: Vec<Arc<dyn Sink>>,
     counters: Arc<Counters>,
-    started: Arc<OnceLock<Result<Delivery, String>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -252,15 +252,7 @@ impl EmailSink {
             queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
             fallback: Vec::new(),
             counters: Arc::new(Counters::default()),
-            started: Arc::new(OnceLock::new()),
         }
-    }
-
-    fn changed(mut self) -> Self {
-        // A changed configuration must not share the thread and counters of the old one.
-        self.counters = Arc::new(Counters::default());
-        self.started = Arc::new(OnceLock::new());
-        self
     }
 
     /// Sets the sender, `vigil@example.com` or `Vigil <vigil@example.com>`. Default:
@@ -271,7 +263,7 @@ impl EmailSink {
     /// An invalid address.
     pub fn from(mut self, address: impl AsRef<str>) -> Result<Self, EmailError> {
         self.from = Some(message::parse_mailbox(address.as_ref())?);
-        Ok(self.changed())
+        Ok(self)
     }
 
     /// Adds a recipient; call again for more. Default: none, and without one every report goes
@@ -282,7 +274,7 @@ impl EmailSink {
     /// An invalid address. One address per call: a comma-separated list is an error.
     pub fn to(mut self, address: impl AsRef<str>) -> Result<Self, EmailError> {
         self.to.push(message::parse_mailbox(address.as_ref())?);
-        Ok(self.changed())
+        Ok(self)
     }
 
     /// Sets the subject template. Placeholders: `{summary}` (`slow request: GET /api/jobs
@@ -296,78 +288,59 @@ impl EmailSink {
     /// An unknown placeholder or an unbalanced brace.
     pub fn subject(mut self, template: &str) -> Result<Self, EmailError> {
         self.subject = SubjectTemplate::parse(template)?;
-        Ok(self.changed())
+        Ok(self)
     }
 
     /// Whether to mail again when a mailed request completes (threaded under the first mail).
     /// Default: false.
     pub fn follow_up(mut self, enabled: bool) -> Self {
         self.follow_up = enabled;
-        self.changed()
+        self
     }
 
-    /// At most `per_route` mails per route key in any `window`. Default:
-    /// [`EmailSink::DEFAULT_THROTTLE_PER_ROUTE`] per
+    /// At most `per_route` (at least 1) mails per route key in any `window` (more than
+    /// zero). Default: [`EmailSink::DEFAULT_THROTTLE_PER_ROUTE`] per
     /// [`EmailSink::DEFAULT_THROTTLE_WINDOW`]. The digest of what is held back goes out one
     /// window after the first report it holds at the latest.
-    ///
-    /// # Panics
-    ///
-    /// If `per_route` or `window` is zero.
     pub fn throttle(mut self, per_route: u32, window: Duration) -> Self {
-        assert!(per_route > 0, "throttle: per_route must be at least 1");
-        assert!(
-            !window.is_zero(),
-            "throttle: window must be greater than zero"
-        );
         self.throttle.per_route = per_route;
         self.throttle.window = window;
-        self.changed()
+        self
     }
 
-    /// At most `total` mails per window over all route keys (digests not counted). Default:
-    /// [`EmailSink::DEFAULT_THROTTLE_TOTAL`].
-    ///
-    /// # Panics
-    ///
-    /// If `total` is zero.
+    /// At most `total` (at least 1) mails per window over all route keys (digests not
+    /// counted). Default: [`EmailSink::DEFAULT_THROTTLE_TOTAL`].
     pub fn throttle_total(mut self, total: u32) -> Self {
-        assert!(total > 0, "throttle_total must be at least 1");
         self.throttle.total = total;
-        self.changed()
+        self
     }
 
     /// Retries after a failed attempt before the report goes to the fallback sinks. Default:
     /// [`EmailSink::DEFAULT_RETRIES`].
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
-        self.changed()
+        self
     }
 
     /// Wait before the first retry, doubled for each further one (at most 5 minutes). Default:
     /// [`EmailSink::DEFAULT_RETRY_BACKOFF`].
     pub fn retry_backoff(mut self, backoff: Duration) -> Self {
         self.backoff = backoff;
-        self.changed()
+        self
     }
 
-    /// Bound of the queue of mails waiting to be sent; a report that finds it full goes to
-    /// the fallback sinks. Default: [`EmailSink::DEFAULT_QUEUE_CAPACITY`].
-    ///
-    /// # Panics
-    ///
-    /// If `capacity` is zero.
+    /// Bound of the queue of mails waiting to be sent (at least 1); a report that finds it
+    /// full goes to the fallback sinks. Default: [`EmailSink::DEFAULT_QUEUE_CAPACITY`].
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
-        assert!(capacity > 0, "queue_capacity must be greater than zero");
         self.queue_capacity = capacity;
-        self.changed()
+        self
     }
 
     /// Adds a sink that gets the reports that could not be mailed; call again for more.
     /// Default: a [`LogSink`] at level ERROR, used only while no fallback is added.
     pub fn fallback(mut self, sink: impl Sink) -> Self {
         self.fallback.push(Arc::new(sink));
-        self.changed()
+        self
     }
 
     /// The counters of this sink and of its clones.
@@ -383,11 +356,52 @@ impl EmailSink {
         }
     }
 
-    fn start(&self) -> Result<Delivery, String> {
-        let transport = match &self.transport {
-            TransportConfig::Smtp(config) => {
-                Transport::Smtp(SmtpClient::new(config.clone()).map_err(|e| e.to_string())?)
+    /// Checks the settings that cannot be checked when they are given.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let checks = [
+            (
+                "sinks.email.throttle.per_route",
+                self.throttle.per_route == 0,
+            ),
+            ("sinks.email.throttle_total", self.throttle.total == 0),
+            ("sinks.email.queue_capacity", self.queue_capacity == 0),
+        ];
+        for (field, zero) in checks {
+            if zero {
+                return Err(ConfigError::invalid(field, 0, "must be at least 1"));
             }
+        }
+        if self.throttle.window.is_zero() {
+            return Err(ConfigError::invalid(
+                "sinks.email.throttle.window",
+                "0s",
+                "must be greater than zero",
+            ));
+        }
+        if self.to.is_empty() {
+            return Err(ConfigError::other(
+                "sinks.email.to",
+                "no recipient: add one with EmailSink::to",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An [`EmailSink`] whose mail thread runs.
+struct RunningEmailSink {
+    delivery: Delivery,
+}
+
+impl IntoSink for EmailSink {
+    /// Checks the settings and starts the sink's mail thread.
+    fn into_sink(self) -> Result<Arc<dyn Sink>, ConfigError> {
+        self.validate()?;
+        let transport = match &self.transport {
+            TransportConfig::Smtp(config) => Transport::Smtp(
+                SmtpClient::new(config.clone())
+                    .map_err(|e| ConfigError::other("sinks.email.url", e.to_string()))?,
+            ),
             TransportConfig::EmlDir(dir) => Transport::EmlDir(FileTransport::new(dir)),
         };
         let settings = Settings {
@@ -402,35 +416,24 @@ impl EmailSink {
             capacity: self.queue_capacity,
             fallback: self.fallback_sinks(),
         };
-        Delivery::start(settings, self.counters.clone())
-            .map_err(|e| format!("cannot start the mail thread: {e}"))
+        let delivery = Delivery::start(settings, self.counters.clone()).map_err(|e| {
+            ConfigError::other("sinks.email", format!("cannot start the mail thread: {e}"))
+        })?;
+        Ok(Arc::new(RunningEmailSink { delivery }))
     }
 }
 
-impl Sink for EmailSink {
+impl Sink for RunningEmailSink {
     fn name(&self) -> &str {
         "email"
     }
 
     fn deliver(&self, report: &SlowRequestReport) -> Result<(), SinkError> {
-        match self.started.get_or_init(|| self.start()) {
-            Ok(delivery) => delivery.submit(report).map_err(SinkError::new),
-            Err(error) => {
-                // Nothing can be mailed; the report still must not vanish.
-                self.counters.fell_back();
-                for sink in self.fallback_sinks() {
-                    let _ = sink.deliver(report);
-                }
-                Err(SinkError::new(error.clone()))
-            }
-        }
+        self.delivery.submit(report).map_err(SinkError::new)
     }
 
     fn flush(&self, deadline: Instant) -> bool {
-        match self.started.get() {
-            Some(Ok(delivery)) => delivery.flush(deadline),
-            _ => true,
-        }
+        self.delivery.flush(deadline)
     }
 }
 
@@ -483,11 +486,32 @@ mod tests {
     }
 
     #[test]
-    fn clones_share_counters_until_reconfigured() {
+    fn clones_share_counters() {
         let sink = EmailSink::smtp("smtp://mail.example.com").unwrap();
-        let clone = sink.clone();
+        let clone = sink.clone().retries(1);
         assert!(Arc::ptr_eq(&sink.counters, &clone.counters));
-        let changed = clone.retries(1);
-        assert!(!Arc::ptr_eq(&sink.counters, &changed.counters));
+    }
+
+    #[test]
+    fn settings_are_checked_when_the_sink_starts() {
+        let sink = EmailSink::smtp("smtp://mail.example.com")
+            .unwrap()
+            .to("oncall@example.com")
+            .unwrap();
+        let field = |s: EmailSink| s.into_sink().err().unwrap().field().to_owned();
+        assert_eq!(
+            field(sink.clone().throttle_total(0)),
+            "sinks.email.throttle_total"
+        );
+        assert_eq!(
+            field(sink.clone().queue_capacity(0)),
+            "sinks.email.queue_capacity"
+        );
+        assert_eq!(
+            field(sink.clone().throttle(1, Duration::ZERO)),
+            "sinks.email.throttle.window"
+        );
+        let no_recipient = EmailSink::smtp("smtp://mail.example.com").unwrap();
+        assert_eq!(field(no_recipient), "sinks.email.to");
     }
 }
