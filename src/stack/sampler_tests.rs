@@ -147,7 +147,7 @@ fn sessions_are_limited_and_freed_on_stop() {
 #[test]
 fn the_sampler_signal_is_not_the_capture_signal() {
     assert_ne!(
-        sampler::sampler_signal_for_tests(),
+        sampler::test_support::sampler_signal(),
         capture_signal().unwrap()
     );
 }

@@ -210,7 +210,7 @@ fn a_slot_whose_handler_is_still_writing_is_not_reused() {
         assert!(!std::ptr::eq(claimed, &SLOTS[index]));
         claimed.state.store(FREE, Ordering::Release);
     }
-    finish_writing(index);
+    finish_slot_write(index);
     reclaim();
     assert!(slot_is_free(index));
 }
