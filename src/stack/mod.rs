@@ -909,6 +909,8 @@ pub(crate) mod test_support {
 }
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod sampler_tests;
 #[cfg(test)]
 mod tests;
