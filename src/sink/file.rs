@@ -115,9 +115,7 @@ mod tests {
         let sink = FileSink::new(&dir).unwrap();
         // A directory where the report should go makes the rename fail.
         fs::create_dir(dir.join("slow-42-1.json")).unwrap();
-        let error = sink
-            .write_atomically("slow-42-1.json", b"{}")
-            .unwrap_err();
+        let error = sink.write_atomically("slow-42-1.json", b"{}").unwrap_err();
         assert_eq!(temp_files(&dir), Vec::<String>::new(), "{error}");
         fs::remove_dir_all(&dir).unwrap();
     }

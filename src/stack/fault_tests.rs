@@ -119,7 +119,11 @@ fn child_pending_captures() {
             }
         );
     }
-    assert_eq!(free_slots(), SLOT_COUNT, "a timed-out capture kept its slot");
+    assert_eq!(
+        free_slots(),
+        SLOT_COUNT,
+        "a timed-out capture kept its slot"
+    );
     assert!(all_resolved < Duration::from_secs(1), "{all_resolved:?}");
     eprintln!(
         "17 captures, 16 blocked: all started in {all_started:?}, the normal one answered in \
@@ -287,12 +291,9 @@ fn a_quarantined_slot_is_freed_once_when_two_monitors_reclaim_it() {
                 {
                     stolen += 1;
                 }
-                let _ = slot.state.compare_exchange(
-                    ARMING,
-                    FREE,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                );
+                let _ =
+                    slot.state
+                        .compare_exchange(ARMING, FREE, Ordering::AcqRel, Ordering::Relaxed);
             }
             stolen
         }));
@@ -300,7 +301,10 @@ fn a_quarantined_slot_is_freed_once_when_two_monitors_reclaim_it() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let stolen: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
-    assert_eq!(stolen, 0, "slots were freed or taken while a capture held them");
+    assert_eq!(
+        stolen, 0,
+        "slots were freed or taken while a capture held them"
+    );
     reclaim();
 }
 
@@ -494,7 +498,9 @@ fn child_takeover_by_a_handler() {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(FOREIGN_SAMPLER_CALLS.load(Ordering::Relaxed), sampler_calls);
     let stats = session.stop(|_| {});
-    let reason = stats.lost_signal.expect("the profile says why samples stopped");
+    let reason = stats
+        .lost_signal
+        .expect("the profile says why samples stopped");
     assert!(
         reason.starts_with(&format!("signal {sampler} was taken over")),
         "{reason}"

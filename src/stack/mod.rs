@@ -263,9 +263,7 @@ pub(crate) fn set_signals(
     }
     let mut choice = SIGNAL_CHOICE.lock().unwrap_or_else(|e| e.into_inner());
     if choice.frozen {
-        return Err(
-            "the signals must be set before the first stack capture or profile".to_owned(),
-        );
+        return Err("the signals must be set before the first stack capture or profile".to_owned());
     }
     for (what, signal) in both {
         if let Some(signal) = signal.filter(|&s| installed_handler(s) != libc::SIG_DFL) {

@@ -302,7 +302,9 @@ impl SamplerSession {
     /// not ours any more, so the other handler gets no more signals.
     fn check_signal(&self, check: Check) -> Option<String> {
         if self.lost_signal.borrow().is_none() {
-            let reason = sampler_owned().and_then(|owned| owned.usable(check)).err()?;
+            let reason = sampler_owned()
+                .and_then(|owned| owned.usable(check))
+                .err()?;
             self.delete_timer();
             *self.lost_signal.borrow_mut() = Some(reason);
         }

@@ -205,7 +205,10 @@ fn a_stray_signal_on_another_thread_does_not_let_stop_free_a_session_mid_write()
         written.load(Ordering::SeqCst),
         "stop freed the session while its target was still writing"
     );
-    assert!(session_is_idle(index), "the session was not freed after the write");
+    assert!(
+        session_is_idle(index),
+        "the session was not freed after the write"
+    );
     writer.join().unwrap();
     release.store(true, Ordering::SeqCst);
     assert_eq!(bystander.join().unwrap(), 0, "the stray handler allocated");
