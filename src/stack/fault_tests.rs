@@ -166,6 +166,8 @@ const MARKERS: [&str; 2] = ["vigil_fault_first_registry", "vigil_fault_second_re
 
 #[test]
 fn two_monitors_only_get_stacks_of_the_request_they_ask_about() {
+    // Busy threads: keep the CPU-time sampler tests from running beside this one.
+    let _serial = super::sampler_test_serial();
     const TARGETS: usize = 2;
     let stop = Arc::new(AtomicBool::new(false));
     // ids[target][registry]
@@ -242,6 +244,7 @@ const NO_THREAD: i32 = i32::MAX - 7;
 
 #[test]
 fn a_quarantined_slot_is_freed_once_when_two_monitors_reclaim_it() {
+    let _serial = super::sampler_test_serial();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     // Two reclaimers, as two monitors call `claim_slot` and give up at the same time.
