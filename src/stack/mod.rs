@@ -276,7 +276,7 @@ pub(crate) fn set_signals(
 }
 
 /// The handler currently installed for `signal` (`SIG_DFL`, `SIG_IGN` or a function).
-pub(crate) fn installed_handler(signal: libc::c_int) -> usize {
+fn installed_handler(signal: libc::c_int) -> usize {
     // SAFETY: sigaction with a null new action only reads the current disposition into a
     // zeroed, properly sized struct.
     unsafe {
@@ -296,14 +296,14 @@ fn now_ms() -> u64 {
 
 /// How soon [`OwnedSignal::usable`] looks at the installed handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Check {
+enum Check {
     Now,
     AtMostOncePerSecond,
 }
 
 /// A real-time signal carrying one of the crate's handlers, watched for a takeover.
 #[derive(Debug)]
-pub(crate) struct OwnedSignal {
+struct OwnedSignal {
     signal: libc::c_int,
     handler: usize,
     /// What stops working without the signal, for the messages.
@@ -326,7 +326,7 @@ impl OwnedSignal {
 
     /// The signal, unless another handler has taken it over. The handler is looked at now or at
     /// most once a second, as `check` says; once it is gone, this stays an error.
-    pub(crate) fn usable(&self, check: Check) -> Result<libc::c_int, String> {
+    fn usable(&self, check: Check) -> Result<libc::c_int, String> {
         if self.lost.load(Ordering::Acquire) {
             return Err(self.lost_message());
         }
@@ -364,7 +364,7 @@ impl OwnedSignal {
     }
 
     #[cfg(test)]
-    pub(crate) fn check_on_next_use(&self) {
+    fn check_on_next_use(&self) {
         self.next_check_ms.store(0, Ordering::Relaxed);
     }
 }
@@ -879,8 +879,6 @@ pub(crate) mod test_support {
             .count()
     }
 
-    pub(crate) use super::installed_handler;
-
     /// Installs `handler` on `signal` unconditionally, as another library would.
     pub(crate) fn install_foreign(signal: libc::c_int, handler: usize) {
         // SAFETY: a fully initialised action with a handler of the SA_SIGINFO signature.
@@ -901,7 +899,7 @@ pub(crate) mod test_support {
     }
 
     /// The capture signal's watch, to force a check of its handler.
-    pub(crate) fn capture_watch() -> &'static OwnedSignal {
+    pub(in crate::stack) fn capture_watch() -> &'static OwnedSignal {
         capture_owned().expect("capture signal")
     }
 }

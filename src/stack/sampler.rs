@@ -487,7 +487,7 @@ pub(super) mod test_support {
         sampler_watch().usable(Check::Now).expect("sampler signal")
     }
 
-    pub(crate) fn sampler_watch() -> &'static OwnedSignal {
+    pub(in crate::stack) fn sampler_watch() -> &'static OwnedSignal {
         sampler_owned().expect("sampler signal")
     }
 
