@@ -53,10 +53,17 @@ impl FileSink {
 
     fn write_atomically(&self, name: &str, contents: &[u8]) -> std::io::Result<()> {
         let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_data()?;
-        fs::rename(&tmp, self.dir.join(name))
+        let written = (|| {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(contents)?;
+            file.sync_data()?;
+            fs::rename(&tmp, self.dir.join(name))
+        })();
+        if written.is_err() {
+            // A half-written temp file of a full disk would keep holding the space.
+            let _ = fs::remove_file(&tmp);
+        }
+        written
     }
 }
 
@@ -78,5 +85,64 @@ impl Sink for FileSink {
         self.write_atomically(&format!("{stem}.json"), &json)?;
         self.write_atomically(&format!("{stem}.txt"), report.to_text().as_bytes())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tower-vigil-file-sink-{name}-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn temp_files(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_rename_leaves_no_temp_file() {
+        let dir = scratch_dir("rename");
+        let sink = FileSink::new(&dir).unwrap();
+        // A directory where the report should go makes the rename fail.
+        fs::create_dir(dir.join("slow-42-1.json")).unwrap();
+        let error = sink.write_atomically("slow-42-1.json", b"{}").unwrap_err();
+        assert_eq!(temp_files(&dir), Vec::<String>::new(), "{error}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temp_file() {
+        let dir = scratch_dir("write");
+        let sink = FileSink::new(&dir).unwrap();
+        // The temp file's name leads to /dev/full, where every write fails as on a full disk.
+        std::os::unix::fs::symlink("/dev/full", dir.join(".slow-42-1.txt.tmp")).unwrap();
+        let error = sink
+            .write_atomically("slow-42-1.txt", b"a report")
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::StorageFull, "{error}");
+        assert_eq!(temp_files(&dir), Vec::<String>::new());
+        assert!(!dir.join("slow-42-1.txt").exists());
+        assert!(Path::new("/dev/full").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_successful_write_leaves_only_the_report() {
+        let dir = scratch_dir("ok");
+        let sink = FileSink::new(&dir).unwrap();
+        sink.write_atomically("slow-42-1.txt", b"a report").unwrap();
+        assert_eq!(fs::read(dir.join("slow-42-1.txt")).unwrap(), b"a report");
+        assert_eq!(temp_files(&dir), Vec::<String>::new());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

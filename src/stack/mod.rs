@@ -4,22 +4,47 @@
 //!
 //! # How a capture works
 //!
-//! 1. The monitor thread picks a free slot from a fixed, preallocated table, writes the target
-//!    thread id and the request id into it and marks it *armed*.
-//! 2. It sends a real-time signal to exactly that thread with `tgkill`.
-//! 3. The handler, running on the target thread, claims the armed slot for its own thread id,
+//! 1. [`start_capture`] picks a free slot from a fixed, preallocated table, writes the target
+//!    thread id and the request id into it, marks it *armed*, sends a real-time signal to
+//!    exactly that thread with `tgkill`, and returns a [`PendingCapture`] at once.
+//! 2. The handler, running on the target thread, claims the armed slot for its own thread id,
 //!    checks that the thread is still polling the same request (a thread-local set around every
 //!    poll), and walks its own stack into the slot. It does not allocate, take locks, or leave
 //!    `errno` changed.
-//! 4. The monitor waits for the slot with a timeout. A slot whose handler started writing but
-//!    did not finish in time is quarantined until the handler completes, so it is never reused
-//!    while the handler may still write to it.
+//! 3. Whoever holds the [`PendingCapture`] polls it ([`PendingCapture::try_finish`]) or waits
+//!    for it ([`PendingCapture::wait_until`]); the monitor never has to block on a thread that
+//!    has the signal blocked. Giving up on a slot whose handler has not started frees it at once;
+//!    a slot whose handler started writing is quarantined until the handler completes, so it is
+//!    never reused while the handler may still write to it. Every state change of a slot is a
+//!    compare-and-swap, so two monitors in one process can never both free the same slot.
+//!
+//! # Signals
+//!
+//! Two real-time signals are used: one for captures and one for the profiler's sampler. Unless
+//! set with [`set_signals`] before the first capture or profile, each is the highest signal from
+//! `SIGRTMIN` to `SIGRTMAX` whose disposition is still the default (runtimes and libraries that
+//! claim real-time signals tend to take the lowest ones); the capture signal is claimed first.
+//! A signal that already has a handler is never taken over. If the application later installs
+//! its own handler (or `SIG_IGN`) on one of them, the crate notices when a capture times out,
+//! at most once a second when a capture starts, and when a sampler session starts, drains or
+//! stops. It then logs once at `ERROR` (target `tower_vigil`), stops sending that signal, and
+//! reports the reason in every later capture or profile instead of timing out silently.
+//!
+//! # Interrupted system calls (`EINTR`)
+//!
+//! The handlers are installed with `SA_RESTART`, but a signal still interrupts the system call
+//! the target thread is blocked in. The kernel restarts `read`, `write`, `accept` and other
+//! calls on files, pipes and sockets without a timeout; it never restarts `poll`, `select`,
+//! `epoll_wait` or sleeps, which fail with `EINTR` (`nanosleep` returns the time left). Standard
+//! library code handles this: `std::thread::sleep` sleeps again for the rest, and std's I/O
+//! retries `EINTR`. Raw `libc` calls in application code (or in C libraries) must retry
+//! `EINTR` themselves, as POSIX has always required. The crate's tests check both behaviours.
 //!
 //! # Sampling
 //!
-//! The profiler's sampler (`sampler.rs`) uses the same walk from a second real-time signal of
-//! its own, fired by a per-thread POSIX timer at the profiled thread, into a preallocated ring
-//! that a collector thread drains.
+//! The profiler's sampler (`sampler.rs`) uses the same walk from the second real-time signal,
+//! fired by a per-thread POSIX timer at the profiled thread, into a preallocated ring that a
+//! collector thread drains.
 //!
 //! # Unwinder
 //!
@@ -44,25 +69,34 @@ pub use symbolize::{Frame, FrameOrigin};
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Frames kept per capture; deeper stacks are truncated at the outermost end.
 pub(crate) const MAX_FRAMES: usize = 128;
-/// Captures that can be in progress (or quarantined) at once.
-const SLOT_COUNT: usize = 8;
+/// Captures that can be pending (or quarantined) at once across the process. A thread with the
+/// signal blocked holds a slot until its capture is given up, and such threads must not starve
+/// the others. About 1 KiB each, static.
+pub(crate) const SLOT_COUNT: usize = 64;
 
 const FREE: u8 = 0;
+/// Being filled in by `start_capture`.
 const ARMING: u8 = 1;
+/// Waiting for the handler.
 const ARMED: u8 = 2;
+/// The handler is walking into it.
 const WRITING: u8 = 3;
+/// Frames ready for the waiter.
 const DONE: u8 = 4;
+/// The thread was polling another request; ready for the waiter.
 const MISMATCH: u8 = 5;
+/// The waiter gave up while the handler was writing: quarantined.
+const ABANDONED: u8 = 6;
+/// The handler finished after its waiter gave up: free to reclaim.
+const STALE: u8 = 7;
 
 struct CaptureSlot {
     state: AtomicU8,
-    /// Set when the monitor gave up on a handler that had already started writing.
-    abandoned: AtomicBool,
     target_tid: AtomicI32,
     request_id: AtomicU64,
     interrupted_pc: AtomicUsize,
@@ -74,7 +108,6 @@ impl CaptureSlot {
     const fn new() -> Self {
         Self {
             state: AtomicU8::new(FREE),
-            abandoned: AtomicBool::new(false),
             target_tid: AtomicI32::new(0),
             request_id: AtomicU64::new(0),
             interrupted_pc: AtomicUsize::new(0),
@@ -167,7 +200,8 @@ pub(crate) enum CaptureError {
     ThreadGone,
     /// Every capture slot is busy or quarantined.
     NoFreeSlot,
-    /// No real-time signal could be claimed, or sending failed.
+    /// No real-time signal could be claimed, sending failed, or another handler took the signal
+    /// over.
     Unavailable(String),
 }
 
@@ -180,29 +214,218 @@ pub(crate) struct RawStack {
     pub(crate) first_is_exact: bool,
 }
 
-/// The real-time signal used for captures, claimed on first use.
-pub(crate) fn capture_signal() -> Result<libc::c_int, String> {
-    static SIGNAL: OnceLock<Result<libc::c_int, String>> = OnceLock::new();
-    SIGNAL.get_or_init(install_handler).clone()
+/// Signals chosen with [`set_signals`]; frozen once either signal is installed.
+struct SignalChoice {
+    capture: Option<libc::c_int>,
+    sampler: Option<libc::c_int>,
+    frozen: bool,
 }
 
-fn install_handler() -> Result<libc::c_int, String> {
-    claim_signal(handle_capture_signal as *const () as usize, &[])
+static SIGNAL_CHOICE: Mutex<SignalChoice> = Mutex::new(SignalChoice {
+    capture: None,
+    sampler: None,
+    frozen: false,
+});
+
+/// Freezes the choice and returns it as (capture, sampler).
+fn freeze_signal_choice() -> (Option<libc::c_int>, Option<libc::c_int>) {
+    let mut choice = SIGNAL_CHOICE.lock().unwrap_or_else(|e| e.into_inner());
+    choice.frozen = true;
+    (choice.capture, choice.sampler)
+}
+
+/// Chooses the real-time signals for captures and for the profiler's sampler; `None` keeps the
+/// default, the highest real-time signal that has no handler yet.
+///
+/// Fails when called after the first capture or profile, when a signal is outside
+/// `SIGRTMIN..=SIGRTMAX` or already has a handler, or when both are the same.
+// Called by the configuration of the core, which is wired separately.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn set_signals(
+    capture: Option<libc::c_int>,
+    sampler: Option<libc::c_int>,
+) -> Result<(), String> {
+    let (first, last) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let both = [("capture", capture), ("sampler", sampler)];
+    for (what, signal) in both {
+        if let Some(signal) = signal.filter(|s| !(first..=last).contains(s)) {
+            return Err(format!(
+                "{what} signal {signal} is not a real-time signal (allowed: {first} to {last})"
+            ));
+        }
+    }
+    if let (Some(a), Some(b)) = (capture, sampler) {
+        if a == b {
+            return Err(format!(
+                "the capture and sampler signals must differ, both are {a}"
+            ));
+        }
+    }
+    let mut choice = SIGNAL_CHOICE.lock().unwrap_or_else(|e| e.into_inner());
+    if choice.frozen {
+        return Err("the signals must be set before the first stack capture or profile".to_owned());
+    }
+    for (what, signal) in both {
+        if let Some(signal) = signal.filter(|&s| installed_handler(s) != libc::SIG_DFL) {
+            return Err(format!("{what} signal {signal} already has a handler"));
+        }
+    }
+    choice.capture = capture;
+    choice.sampler = sampler;
+    Ok(())
+}
+
+/// The handler currently installed for `signal` (`SIG_DFL`, `SIG_IGN` or a function).
+fn installed_handler(signal: libc::c_int) -> usize {
+    // SAFETY: sigaction with a null new action only reads the current disposition into a
+    // zeroed, properly sized struct.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 {
+            return libc::SIG_DFL;
+        }
+        current.sa_sigaction
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// How soon [`OwnedSignal::usable`] looks at the installed handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Now,
+    AtMostOncePerSecond,
+}
+
+/// A real-time signal carrying one of the crate's handlers, watched for a takeover.
+#[derive(Debug)]
+struct OwnedSignal {
+    signal: libc::c_int,
+    handler: usize,
+    /// What stops working without the signal, for the messages.
+    purpose: &'static str,
+    lost: AtomicBool,
+    /// When the next throttled check is due, in [`now_ms`] milliseconds.
+    next_check_ms: AtomicU64,
+}
+
+impl OwnedSignal {
+    fn new(signal: libc::c_int, handler: usize, purpose: &'static str) -> Self {
+        Self {
+            signal,
+            handler,
+            purpose,
+            lost: AtomicBool::new(false),
+            next_check_ms: AtomicU64::new(now_ms() + 1000),
+        }
+    }
+
+    /// The signal, unless another handler has taken it over. The handler is looked at now or at
+    /// most once a second, as `check` says; once it is gone, this stays an error.
+    fn usable(&self, check: Check) -> Result<libc::c_int, String> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(self.lost_message());
+        }
+        let due = match check {
+            Check::Now => true,
+            Check::AtMostOncePerSecond => {
+                let now = now_ms();
+                let next = self.next_check_ms.load(Ordering::Relaxed);
+                now >= next
+                    && self
+                        .next_check_ms
+                        .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+            }
+        };
+        if due && installed_handler(self.signal) != self.handler {
+            let message = self.lost_message();
+            if !self.lost.swap(true, Ordering::AcqRel) {
+                tracing::error!(target: "tower_vigil", signal = self.signal, "{message}");
+            }
+            return Err(message);
+        }
+        Ok(self.signal)
+    }
+
+    fn lost_message(&self) -> String {
+        let signal = self.signal;
+        let offset = signal - libc::SIGRTMIN();
+        format!(
+            "signal {signal} was taken over by another handler (or SIG_IGN) after tower-vigil \
+             installed its own, so {} is off; leave signal {signal} (SIGRTMIN+{offset}) to \
+             tower-vigil, or configure tower-vigil to use another real-time signal",
+            self.purpose
+        )
+    }
+
+    #[cfg(test)]
+    fn check_on_next_use(&self) {
+        self.next_check_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Installs `handler` on `chosen`, or on the highest free real-time signal other than `avoid`.
+fn install_signal(
+    chosen: Option<libc::c_int>,
+    avoid: Option<libc::c_int>,
+    handler: usize,
+    also_block: &[libc::c_int],
+    purpose: &'static str,
+) -> Result<OwnedSignal, String> {
+    let signal = match chosen {
+        Some(signal) => install_on_first_free([signal], handler, also_block).ok_or_else(|| {
+            format!("signal {signal}, configured for {purpose}, already has a handler")
+        })?,
+        None => claim_signal(handler, also_block, avoid)?,
+    };
+    Ok(OwnedSignal::new(signal, handler, purpose))
+}
+
+fn capture_owned() -> Result<&'static OwnedSignal, String> {
+    static SIGNAL: OnceLock<Result<OwnedSignal, String>> = OnceLock::new();
+    SIGNAL
+        .get_or_init(|| {
+            let (capture, sampler) = freeze_signal_choice();
+            install_signal(
+                capture,
+                sampler,
+                handle_capture_signal as *const () as usize,
+                &[],
+                "native stack capture",
+            )
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// The real-time signal used for captures, claimed on first use (even if another handler has
+/// taken it over since; [`start_capture`] says so).
+pub(crate) fn capture_signal() -> Result<libc::c_int, String> {
+    capture_owned().map(|owned| owned.signal)
 }
 
 /// Installs `handler` (an `SA_SIGINFO` handler) on the highest real-time signal whose
-/// disposition is still `SIG_DFL`, never over an existing handler. `also_block` are signals
-/// blocked while the handler runs.
-fn claim_signal(handler: usize, also_block: &[libc::c_int]) -> Result<libc::c_int, String> {
+/// disposition is still `SIG_DFL`, other than `avoid`, never over an existing handler.
+/// `also_block` are signals blocked while the handler runs.
+fn claim_signal(
+    handler: usize,
+    also_block: &[libc::c_int],
+    avoid: Option<libc::c_int>,
+) -> Result<libc::c_int, String> {
     let first = libc::SIGRTMIN();
     let last = libc::SIGRTMAX();
     // Search from the top: runtimes and libraries that claim real-time signals tend to take the
     // lowest ones.
-    install_on_first_free((first..=last).rev(), handler, also_block).ok_or_else(|| {
+    let candidates = (first..=last).rev().filter(|&s| Some(s) != avoid);
+    install_on_first_free(candidates, handler, also_block).ok_or_else(|| {
         format!("every real-time signal from {first} to {last} already has a handler")
     })
 }
-
 /// Installs `handler` on the first of `candidates` whose disposition is the default one, and
 /// never over a handler someone else installed.
 fn install_on_first_free(
@@ -281,12 +504,20 @@ extern "C" fn handle_capture_signal(
             continue;
         }
         // Re-check under ownership: the slot may have been re-armed for another thread between
-        // the look above and the claim.
-        if slot.target_tid.load(Ordering::Relaxed) != tid
-            || slot.request_id.load(Ordering::Relaxed) != polling
-            || polling == 0
-        {
-            slot.state.store(MISMATCH, Ordering::Release);
+        // the look above and the claim. Hand it back to that capture.
+        if slot.target_tid.load(Ordering::Relaxed) != tid {
+            if slot
+                .state
+                .compare_exchange(WRITING, ARMED, Ordering::Release, Ordering::Relaxed)
+                .is_err()
+            {
+                // Its waiter gave up meanwhile; nobody reads the slot any more.
+                slot.state.store(STALE, Ordering::Release);
+            }
+            continue;
+        }
+        if slot.request_id.load(Ordering::Relaxed) != polling || polling == 0 {
+            finish_writing(slot, MISMATCH);
             break;
         }
         let pc = interrupted_pc(context);
@@ -302,11 +533,23 @@ extern "C" fn handle_capture_signal(
             });
         }
         slot.len.store(len, Ordering::Relaxed);
-        slot.state.store(DONE, Ordering::Release);
+        finish_writing(slot, DONE);
         break;
     }
     // SAFETY: as above; restoring errno keeps the interrupted code's view unchanged.
     unsafe { *errno_location() = saved_errno };
+}
+
+/// Ends the handler's write with `outcome` (DONE or MISMATCH) for the waiter, or marks the slot
+/// reclaimable if the waiter already gave up on it.
+fn finish_writing(slot: &CaptureSlot, outcome: u8) {
+    if slot
+        .state
+        .compare_exchange(WRITING, outcome, Ordering::Release, Ordering::Relaxed)
+        .is_err()
+    {
+        slot.state.store(STALE, Ordering::Release);
+    }
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -337,107 +580,208 @@ fn interrupted_pc(_context: *mut libc::c_void) -> usize {
     0
 }
 
-/// Releases slots whose abandoned handlers have since finished.
+/// Frees the slots whose handlers finished after their waiters gave up. A compare-and-swap per
+/// slot, so two monitors can never both free one.
 fn reclaim_abandoned() {
     for slot in &SLOTS {
-        if slot.abandoned.load(Ordering::Acquire) {
-            let state = slot.state.load(Ordering::Acquire);
-            if state == DONE || state == MISMATCH {
-                slot.abandoned.store(false, Ordering::Relaxed);
-                slot.state.store(FREE, Ordering::Release);
-            }
-        }
+        let _ = slot
+            .state
+            .compare_exchange(STALE, FREE, Ordering::AcqRel, Ordering::Relaxed);
     }
 }
 
 fn claim_slot() -> Option<&'static CaptureSlot> {
     reclaim_abandoned();
     SLOTS.iter().find(|slot| {
-        !slot.abandoned.load(Ordering::Acquire)
-            && slot
-                .state
-                .compare_exchange(FREE, ARMING, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+        slot.state
+            .compare_exchange(FREE, ARMING, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     })
 }
 
-/// Captures the native stack of thread `tid`, provided it is still polling `request_id` when
-/// the signal lands.
-pub(crate) fn capture(
-    tid: i32,
-    request_id: u64,
-    timeout: Duration,
-) -> Result<RawStack, CaptureError> {
-    let signal = capture_signal().map_err(CaptureError::Unavailable)?;
+/// The handler's answer, if it has come, leaving the slot free.
+fn take_outcome(slot: &CaptureSlot) -> Option<Result<RawStack, CaptureError>> {
+    // DONE and MISMATCH belong to the waiter alone: nobody else changes them.
+    match slot.state.load(Ordering::Acquire) {
+        DONE => {
+            let len = slot.len.load(Ordering::Relaxed).min(MAX_FRAMES);
+            let ips: Vec<usize> = slot.frames[..len]
+                .iter()
+                .map(|f| f.load(Ordering::Relaxed))
+                .collect();
+            let pc = slot.interrupted_pc.load(Ordering::Relaxed);
+            slot.state.store(FREE, Ordering::Release);
+            Some(Ok(trim_to_interrupted(ips, pc)))
+        }
+        MISMATCH => {
+            slot.state.store(FREE, Ordering::Release);
+            Some(Err(CaptureError::PollEnded))
+        }
+        _ => None,
+    }
+}
+
+/// Gives up on a slot the caller waits on: frees it if no handler claimed it, quarantines it if
+/// one is writing, and returns the answer if it came in meanwhile.
+fn release_slot(slot: &CaptureSlot) -> Result<RawStack, CaptureError> {
+    loop {
+        match slot.state.load(Ordering::Acquire) {
+            ARMED => {
+                if slot
+                    .state
+                    .compare_exchange(ARMED, FREE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    // A late handler finds nothing armed for it.
+                    return Err(CaptureError::TimedOut {
+                        started_writing: false,
+                    });
+                }
+            }
+            WRITING => {
+                if slot
+                    .state
+                    .compare_exchange(WRITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    // The handler turns it STALE when done; `reclaim_abandoned` frees it then.
+                    return Err(CaptureError::TimedOut {
+                        started_writing: true,
+                    });
+                }
+            }
+            _ => {
+                if let Some(outcome) = take_outcome(slot) {
+                    return outcome;
+                }
+                // Not a state a waiter's slot can be in; leave it alone rather than free it.
+                return Err(CaptureError::TimedOut {
+                    started_writing: true,
+                });
+            }
+        }
+    }
+}
+
+/// Starts capturing the native stack of thread `tid`, provided it is still polling
+/// `request_id` when the signal lands, and returns at once.
+pub(crate) fn start_capture(tid: i32, request_id: u64) -> Result<PendingCapture, CaptureError> {
+    let owned = capture_owned().map_err(CaptureError::Unavailable)?;
+    let signal = owned
+        .usable(Check::AtMostOncePerSecond)
+        .map_err(CaptureError::Unavailable)?;
     let slot = claim_slot().ok_or(CaptureError::NoFreeSlot)?;
     slot.target_tid.store(tid, Ordering::Relaxed);
     slot.request_id.store(request_id, Ordering::Relaxed);
     slot.len.store(0, Ordering::Relaxed);
     slot.interrupted_pc.store(0, Ordering::Relaxed);
     slot.state.store(ARMED, Ordering::Release);
+    let pending = PendingCapture {
+        slot: Some(slot),
+        outcome: None,
+    };
 
     // SAFETY: tgkill only delivers a signal; the pid is our own, so a recycled tid can only name
     // another thread of this process, whose handler rejects the capture.
     let sent = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, signal) };
     if sent != 0 {
         let error = std::io::Error::last_os_error();
-        slot.state.store(FREE, Ordering::Release);
+        // Dropping releases the slot (a stale signal of the same thread may hold it already).
+        drop(pending);
         return Err(if error.raw_os_error() == Some(libc::ESRCH) {
             CaptureError::ThreadGone
         } else {
             CaptureError::Unavailable(format!("tgkill failed: {error}"))
         });
     }
-    wait_for(slot, timeout)
+    Ok(pending)
 }
 
-fn wait_for(slot: &'static CaptureSlot, timeout: Duration) -> Result<RawStack, CaptureError> {
-    let started = Instant::now();
-    let mut pause = Duration::from_micros(20);
-    loop {
-        match slot.state.load(Ordering::Acquire) {
-            DONE => {
-                let len = slot.len.load(Ordering::Relaxed).min(MAX_FRAMES);
-                let ips: Vec<usize> = slot.frames[..len]
-                    .iter()
-                    .map(|f| f.load(Ordering::Relaxed))
-                    .collect();
-                let pc = slot.interrupted_pc.load(Ordering::Relaxed);
-                slot.state.store(FREE, Ordering::Release);
-                return Ok(trim_to_interrupted(ips, pc));
-            }
-            MISMATCH => {
-                slot.state.store(FREE, Ordering::Release);
-                return Err(CaptureError::PollEnded);
-            }
-            _ => {}
-        }
-        if started.elapsed() >= timeout {
-            return Err(give_up(slot));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(2));
+/// A capture whose signal has been sent. It can be handed to another thread; dropping it gives
+/// up on the capture safely.
+pub(crate) struct PendingCapture {
+    slot: Option<&'static CaptureSlot>,
+    /// The answer once known, for repeated calls of `try_finish`.
+    outcome: Option<Result<RawStack, CaptureError>>,
+}
+
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<PendingCapture>();
+};
+
+impl std::fmt::Debug for PendingCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let slot = self
+            .slot
+            .and_then(|slot| SLOTS.iter().position(|s| std::ptr::eq(s, slot)));
+        f.debug_struct("PendingCapture")
+            .field("slot", &slot)
+            .field("outcome", &self.outcome)
+            .finish()
     }
 }
 
-/// Abandons a capture that did not answer in time.
-fn give_up(slot: &'static CaptureSlot) -> CaptureError {
-    if slot
-        .state
-        .compare_exchange(ARMED, FREE, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
-    {
-        // The handler never claimed the slot, and a late one will find nothing armed.
-        return CaptureError::TimedOut {
-            started_writing: false,
+impl PendingCapture {
+    /// The result once the handler has answered, `None` while it has not. Later calls return
+    /// the same result.
+    pub(crate) fn try_finish(&mut self) -> Option<Result<RawStack, CaptureError>> {
+        if let Some(slot) = self.slot {
+            self.outcome = Some(take_outcome(slot)?);
+            self.slot = None;
+        }
+        self.outcome.clone()
+    }
+
+    /// Waits for the answer until `deadline`, then gives up (at once for a deadline already
+    /// past).
+    pub(crate) fn wait_until(mut self, deadline: Instant) -> Result<RawStack, CaptureError> {
+        let mut pause = Duration::from_micros(20);
+        loop {
+            if let Some(outcome) = self.try_finish() {
+                return outcome;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return self.give_up();
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(2));
+        }
+    }
+
+    fn give_up(&mut self) -> Result<RawStack, CaptureError> {
+        let Some(slot) = self.slot.take() else {
+            return self.outcome.clone().unwrap_or(Err(CaptureError::PollEnded));
         };
+        let mut outcome = release_slot(slot);
+        if matches!(outcome, Err(CaptureError::TimedOut { .. })) {
+            // A handler that never answers may no longer be ours.
+            if let Err(reason) = capture_owned().and_then(|owned| owned.usable(Check::Now)) {
+                outcome = Err(CaptureError::Unavailable(reason));
+            }
+        }
+        self.outcome = Some(outcome.clone());
+        outcome
     }
-    // The handler owns the slot now; it stays out of use until the handler lets go of it.
-    slot.abandoned.store(true, Ordering::Release);
-    reclaim_abandoned();
-    CaptureError::TimedOut {
-        started_writing: true,
+}
+
+impl Drop for PendingCapture {
+    fn drop(&mut self) {
+        if self.slot.is_some() {
+            let _ = self.give_up();
+        }
     }
+}
+
+/// Captures the native stack of thread `tid`, provided it is still polling `request_id` when
+/// the signal lands, waiting up to `timeout` for the answer.
+pub(crate) fn capture(
+    tid: i32,
+    request_id: u64,
+    timeout: Duration,
+) -> Result<RawStack, CaptureError> {
+    start_capture(tid, request_id)?.wait_until(Instant::now() + timeout)
 }
 
 /// Drops the handler's own frames and the signal trampoline so that the stack starts at the
@@ -511,30 +855,28 @@ pub(crate) mod test_support {
     }
 
     pub(crate) fn abandon(index: usize) -> CaptureError {
-        give_up(&SLOTS[index])
+        release_slot(&SLOTS[index]).expect_err("a writing slot has no result")
     }
 
     pub(crate) fn slot_is_free(index: usize) -> bool {
         SLOTS[index].state.load(Ordering::Acquire) == FREE
-            && !SLOTS[index].abandoned.load(Ordering::Acquire)
     }
 
-    pub(crate) fn finish_writing(index: usize) {
-        SLOTS[index].state.store(DONE, Ordering::Release);
+    /// Ends a write as the handler does.
+    pub(crate) fn finish_slot_write(index: usize) {
+        super::finish_writing(&SLOTS[index], DONE);
     }
 
     pub(crate) fn reclaim() {
         reclaim_abandoned();
     }
 
-    /// The handler currently installed for `signal`.
-    pub(crate) fn installed_handler(signal: libc::c_int) -> usize {
-        // SAFETY: reads the disposition into a zeroed, properly sized struct.
-        unsafe {
-            let mut current: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(signal, std::ptr::null(), &mut current);
-            current.sa_sigaction
-        }
+    /// Slots free right now.
+    pub(crate) fn free_slots() -> usize {
+        SLOTS
+            .iter()
+            .filter(|s| s.state.load(Ordering::Acquire) == FREE)
+            .count()
     }
 
     /// Installs `handler` on `signal` unconditionally, as another library would.
@@ -555,8 +897,15 @@ pub(crate) mod test_support {
     ) -> Option<libc::c_int> {
         super::install_on_first_free(candidates, handler, &[])
     }
+
+    /// The capture signal's watch, to force a check of its handler.
+    pub(in crate::stack) fn capture_watch() -> &'static OwnedSignal {
+        capture_owned().expect("capture signal")
+    }
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod sampler_tests;
 #[cfg(test)]

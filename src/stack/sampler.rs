@@ -7,18 +7,30 @@
 //! drains the ring. The handler keeps the capture handler's discipline: no allocation, no
 //! locks, only async-signal-safe calls, `errno` saved and restored.
 //!
+//! The handler announces itself in the session's `busy` count before it checks whether the
+//! signal is for the session, and withdraws after. A count, not a flag: a stray signal handled
+//! on another thread at the same time must not hide the target thread's write from `stop`.
+//!
+//! If another handler takes the sampler's signal over, starting, draining or stopping a session
+//! notices it (see the module docs of `stack`): the timer is deleted, and
+//! [`SamplerStats::lost_signal`] and [`SamplerSession::start`] say why there are no samples.
+//!
 //! A thread that has told the sampler it is parked (see [`set_parked`]) is not unwound: the
 //! sample records only the park epoch, and the collector attributes it to what the thread was
 //! waiting for, which is known outside the handler.
 
+use std::cell::Cell;
 use std::sync::atomic::{
-    compiler_fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+    compiler_fence, AtomicI32, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::RawStack;
-use super::{capture_signal, claim_signal, errno_location, interrupted_pc, trim_to_interrupted};
+use super::{
+    capture_signal, errno_location, freeze_signal_choice, install_signal, interrupted_pc,
+    trim_to_interrupted, Check, OwnedSignal,
+};
 
 /// Threads that can be sampled at once.
 pub(crate) const MAX_SESSIONS: usize = 4;
@@ -65,8 +77,9 @@ struct SessionSlot {
     state: AtomicU8,
     generation: AtomicU32,
     tid: AtomicI32,
-    /// True while a handler runs for this session; read by `stop` before reusing the ring.
-    busy: AtomicBool,
+    /// Handlers running for this session, or for a signal carrying its index (on any thread);
+    /// `stop` waits for zero before reusing the ring.
+    busy: AtomicU32,
     /// Next ring position the handler writes (only the target thread writes it).
     write: AtomicUsize,
     /// Next ring position the collector reads (only the collector writes it).
@@ -82,7 +95,7 @@ impl SessionSlot {
             state: AtomicU8::new(IDLE),
             generation: AtomicU32::new(0),
             tid: AtomicI32::new(0),
-            busy: AtomicBool::new(false),
+            busy: AtomicU32::new(0),
             write: AtomicUsize::new(0),
             read: AtomicUsize::new(0),
             signals: AtomicU64::new(0),
@@ -93,6 +106,9 @@ impl SessionSlot {
 }
 
 static SESSIONS: [SessionSlot; MAX_SESSIONS] = [const { SessionSlot::new() }; MAX_SESSIONS];
+
+/// Sampler signals that were not for the thread or session generation they reached.
+static STRAY_SIGNALS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// Nonzero while this thread is parked by its runtime: the epoch of that park.
@@ -110,8 +126,8 @@ pub(crate) fn set_parked(epoch: u64) {
 
 /// The real-time signal used by the sampler, claimed on first use. It is never the capture
 /// signal: that one is claimed first, and claiming skips signals that already have a handler.
-fn sampler_signal() -> Result<libc::c_int, String> {
-    static SIGNAL: OnceLock<Result<libc::c_int, String>> = OnceLock::new();
+fn sampler_owned() -> Result<&'static OwnedSignal, String> {
+    static SIGNAL: OnceLock<Result<OwnedSignal, String>> = OnceLock::new();
     SIGNAL
         .get_or_init(|| {
             // Block the capture signal while sampling so the two walks never nest.
@@ -120,9 +136,17 @@ fn sampler_signal() -> Result<libc::c_int, String> {
                 Some(signal) => std::slice::from_ref(signal),
                 None => &[],
             };
-            claim_signal(handle_sample_signal as *const () as usize, also_block)
+            let (_, sampler) = freeze_signal_choice();
+            install_signal(
+                sampler,
+                capture,
+                handle_sample_signal as *const () as usize,
+                also_block,
+                "sampling for the profiler",
+            )
         })
-        .clone()
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// A clock a timer can count: a thread's CPU time, or the monotonic wall clock.
@@ -175,19 +199,24 @@ pub(crate) struct Sample {
 }
 
 /// Counters of a finished session.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct SamplerStats {
     /// Signals handled for the session.
     pub(crate) signals: u64,
     /// Samples lost because the ring was full.
     pub(crate) dropped: u64,
+    /// Set when another handler took the sampler's signal over: why samples stopped coming.
+    pub(crate) lost_signal: Option<String>,
 }
 
 /// Samples one thread until stopped or dropped.
 pub(crate) struct SamplerSession {
     index: usize,
     timer: libc::timer_t,
+    /// The timer has been deleted (by `stop`, or by `drain` on a lost signal).
+    timer_deleted: Cell<bool>,
     stopped: bool,
+    lost_signal: std::cell::RefCell<Option<String>>,
 }
 
 impl std::fmt::Debug for SamplerSession {
@@ -202,7 +231,7 @@ impl std::fmt::Debug for SamplerSession {
 impl SamplerSession {
     /// Starts sampling thread `tid` every `interval` of `clock`.
     pub(crate) fn start(tid: i32, clock: CpuClock, interval: Duration) -> Result<Self, String> {
-        let signal = sampler_signal()?;
+        let signal = sampler_owned()?.usable(Check::Now)?;
         let index = SESSIONS
             .iter()
             .position(|s| {
@@ -262,12 +291,37 @@ impl SamplerSession {
         Ok(Self {
             index,
             timer,
+            timer_deleted: Cell::new(false),
             stopped: false,
+            lost_signal: std::cell::RefCell::new(None),
         })
+    }
+
+    /// Why samples stopped coming, once another handler has taken the signal over. Looks at the
+    /// handler now or at most once a second, as `check` says, and deletes the timer when it is
+    /// not ours any more, so the other handler gets no more signals.
+    fn check_signal(&self, check: Check) -> Option<String> {
+        if self.lost_signal.borrow().is_none() {
+            let reason = sampler_owned()
+                .and_then(|owned| owned.usable(check))
+                .err()?;
+            self.delete_timer();
+            *self.lost_signal.borrow_mut() = Some(reason);
+        }
+        self.lost_signal.borrow().clone()
+    }
+
+    fn delete_timer(&self) {
+        if !self.timer_deleted.replace(true) {
+            // SAFETY: the timer was created by `start` and is deleted exactly once (guarded by
+            // `timer_deleted`). After timer_delete returns, no new expiry of it is queued.
+            unsafe { libc::timer_delete(self.timer) };
+        }
     }
 
     /// Hands every sample written since the last drain to `each`, oldest first.
     pub(crate) fn drain(&self, mut each: impl FnMut(Sample)) {
+        self.check_signal(Check::AtMostOncePerSecond);
         let session = &SESSIONS[self.index];
         let mut read = session.read.load(Ordering::Relaxed);
         loop {
@@ -315,15 +369,13 @@ impl SamplerSession {
             return;
         }
         self.stopped = true;
-        // SAFETY: the timer was created by `start` and is deleted exactly once. After
-        // timer_delete returns, no new expiry of it is queued.
-        unsafe { libc::timer_delete(self.timer) };
+        self.delete_timer();
         let session = &SESSIONS[self.index];
         session.state.store(STOPPING, Ordering::SeqCst);
-        // A handler that set `busy` before seeing STOPPING may still be writing; one that
-        // starts later sees STOPPING and leaves at once.
+        // A handler that counted itself in `busy` before seeing STOPPING may still be writing;
+        // one that starts later sees STOPPING and leaves at once.
         let started = Instant::now();
-        while session.busy.load(Ordering::SeqCst) {
+        while session.busy.load(Ordering::SeqCst) != 0 {
             if started.elapsed() > Duration::from_secs(1) {
                 session.state.store(LOST, Ordering::SeqCst);
                 return;
@@ -337,6 +389,7 @@ impl SamplerSession {
         let stats = SamplerStats {
             signals: session.signals.load(Ordering::Relaxed),
             dropped: session.dropped.load(Ordering::Relaxed),
+            lost_signal: self.check_signal(Check::Now),
         };
         if session.state.load(Ordering::SeqCst) == STOPPING {
             session.state.store(IDLE, Ordering::SeqCst);
@@ -384,14 +437,16 @@ fn record_sample(value: usize, overrun: libc::c_int, context: *mut libc::c_void)
     let Some(session) = SESSIONS.get(index) else {
         return;
     };
-    // Announce first, then check: `stop` sets STOPPING first, then waits for `busy` to clear.
-    session.busy.store(true, Ordering::SeqCst);
+    // Announce first, then check: `stop` sets STOPPING first, then waits for `busy` to reach 0.
+    session.busy.fetch_add(1, Ordering::SeqCst);
     // SAFETY: the raw gettid system call is async-signal-safe and has no preconditions.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
     let ours = session.state.load(Ordering::SeqCst) == ACTIVE
         && session.generation.load(Ordering::Relaxed) == generation
         && session.tid.load(Ordering::Relaxed) == tid;
-    if ours {
+    if !ours {
+        STRAY_SIGNALS.fetch_add(1, Ordering::Relaxed);
+    } else {
         session.signals.fetch_add(1, Ordering::Relaxed);
         let weight = (1 + overrun.max(0) as u32).min(MAX_WEIGHT);
         let position = session.write.load(Ordering::Relaxed);
@@ -421,10 +476,49 @@ fn record_sample(value: usize, overrun: libc::c_int, context: *mut libc::c_void)
             session.write.store(position + 1, Ordering::Relaxed);
         }
     }
-    session.busy.store(false, Ordering::SeqCst);
+    session.busy.fetch_sub(1, Ordering::SeqCst);
 }
 
 #[cfg(test)]
-pub(super) fn sampler_signal_for_tests() -> libc::c_int {
-    sampler_signal().expect("sampler signal")
+pub(super) mod test_support {
+    use super::*;
+
+    pub(crate) fn sampler_signal() -> libc::c_int {
+        sampler_watch().usable(Check::Now).expect("sampler signal")
+    }
+
+    pub(in crate::stack) fn sampler_watch() -> &'static OwnedSignal {
+        sampler_owned().expect("sampler signal")
+    }
+
+    /// The session's index, which travels in its signals.
+    pub(crate) fn session_index(session: &SamplerSession) -> usize {
+        session.index
+    }
+
+    /// The signal value the timer of session `index` sends.
+    pub(crate) fn signal_value(index: usize) -> usize {
+        let generation = SESSIONS[index].generation.load(Ordering::Relaxed) as usize;
+        generation << 8 | index
+    }
+
+    /// Counts a handler in on session `index`, as `record_sample` does first.
+    pub(crate) fn enter_busy(index: usize) {
+        SESSIONS[index].busy.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts it out again, as `record_sample` does last.
+    pub(crate) fn leave_busy(index: usize) {
+        SESSIONS[index].busy.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Signals handled on the wrong thread or for another session generation.
+    pub(crate) fn stray_signals() -> u64 {
+        STRAY_SIGNALS.load(Ordering::Relaxed)
+    }
+
+    /// True when session `index` is free for the next `start`.
+    pub(crate) fn session_is_idle(index: usize) -> bool {
+        SESSIONS[index].state.load(Ordering::SeqCst) == IDLE
+    }
 }

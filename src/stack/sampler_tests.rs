@@ -147,7 +147,106 @@ fn sessions_are_limited_and_freed_on_stop() {
 #[test]
 fn the_sampler_signal_is_not_the_capture_signal() {
     assert_ne!(
-        sampler::sampler_signal_for_tests(),
+        sampler::test_support::sampler_signal(),
         capture_signal().unwrap()
     );
+}
+
+#[test]
+fn a_stray_signal_on_another_thread_does_not_let_stop_free_a_session_mid_write() {
+    use super::sampler::test_support::*;
+    let _serial = serial();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tid, _clock, target) = spinning_thread(stop.clone());
+    // A long period: the session's own timer stays quiet, the test plays the target's handler.
+    let session =
+        SamplerSession::start(tid, CpuClock::monotonic(), Duration::from_secs(60)).unwrap();
+    let index = session_index(&session);
+    enter_busy(index);
+
+    // A stray signal for this session, on a bystander thread, while the target writes.
+    let (bystander_tx, bystander_rx) = mpsc::channel();
+    let release = Arc::new(AtomicBool::new(false));
+    let bystander_release = release.clone();
+    let bystander = std::thread::spawn(move || {
+        bystander_tx.send(current_tid()).unwrap();
+        let before = counted_allocations();
+        COUNTING.with(|c| c.set(true));
+        // Not a channel: a blocking receive may allocate, and only the handler is counted.
+        while !bystander_release.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        COUNTING.with(|c| c.set(false));
+        counted_allocations() - before
+    });
+    let bystander_tid = bystander_rx.recv().unwrap();
+    let strays = stray_signals();
+    let stray_timer = one_shot_timer(bystander_tid, signal_value(index));
+    let until = Instant::now() + Duration::from_secs(2);
+    while stray_signals() == strays && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(stray_signals() > strays, "the stray signal was not handled");
+    // SAFETY: the one-shot timer was created above and is deleted once.
+    unsafe { libc::timer_delete(stray_timer) };
+
+    // The target's write ends a little later; stop must not return before it.
+    let written = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            written.store(true, Ordering::SeqCst);
+            leave_busy(index);
+        })
+    };
+    session.stop(|_| {});
+    assert!(
+        written.load(Ordering::SeqCst),
+        "stop freed the session while its target was still writing"
+    );
+    assert!(
+        session_is_idle(index),
+        "the session was not freed after the write"
+    );
+    writer.join().unwrap();
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(bystander.join().unwrap(), 0, "the stray handler allocated");
+    stop.store(true, Ordering::Relaxed);
+    target.join().unwrap();
+}
+
+/// A timer that sends the sampler's signal with `value` once, 1 ms from now, to thread `tid`.
+fn one_shot_timer(tid: i32, value: usize) -> libc::timer_t {
+    // SAFETY: a zeroed sigevent filled in as `SamplerSession::start` does; the value is a plain
+    // integer, never dereferenced.
+    let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+    event.sigev_notify = libc::SIGEV_THREAD_ID;
+    event.sigev_signo = sampler::test_support::sampler_signal();
+    event.sigev_notify_thread_id = tid;
+    event.sigev_value = libc::sigval {
+        sival_ptr: value as *mut libc::c_void,
+    };
+    let mut timer: libc::timer_t = std::ptr::null_mut();
+    // SAFETY: both pointers are live locals of the right types.
+    assert_eq!(
+        unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) },
+        0
+    );
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        },
+    };
+    // SAFETY: the timer was just created; the spec is fully initialised.
+    assert_eq!(
+        unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) },
+        0
+    );
+    timer
 }

@@ -63,8 +63,8 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 const WAIT: Duration = Duration::from_secs(2);
 
 /// A thread that polls `request_id` while spinning in a named function, until told to stop.
-struct BusyThread {
-    tid: i32,
+pub(super) struct BusyThread {
+    pub(super) tid: i32,
     stop: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<usize>>,
 }
@@ -77,7 +77,7 @@ fn vigil_test_spin_marker(stop: &AtomicBool) {
 }
 
 impl BusyThread {
-    fn start(request_id: u64, count_allocations: bool) -> Self {
+    pub(super) fn start(request_id: u64, count_allocations: bool) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (tid_tx, tid_rx) = mpsc::channel();
         let thread_stop = stop.clone();
@@ -101,13 +101,13 @@ impl BusyThread {
         }
     }
 
-    fn finish(mut self) -> usize {
+    pub(super) fn finish(mut self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap()
     }
 }
 
-fn function_names(stack: &RawStack) -> Vec<String> {
+pub(super) fn function_names(stack: &RawStack) -> Vec<String> {
     resolve(stack)
         .into_iter()
         .filter_map(|f| f.function)
@@ -210,7 +210,7 @@ fn a_slot_whose_handler_is_still_writing_is_not_reused() {
         assert!(!std::ptr::eq(claimed, &SLOTS[index]));
         claimed.state.store(FREE, Ordering::Release);
     }
-    finish_writing(index);
+    finish_slot_write(index);
     reclaim();
     assert!(slot_is_free(index));
 }

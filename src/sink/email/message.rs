@@ -157,7 +157,10 @@ impl SubjectTemplate {
 }
 
 /// Makes any text safe for a one-line header: control characters (CR and LF above all, which
-/// could start a forged header) become visible `\u{..}` escapes, and the length is bounded.
+/// could start a forged header) and characters that display as line breaks or reorder text
+/// become visible `\u{..}` escapes; every `=?` gets a space after its `=`, so that no RFC 2047
+/// encoded word (`=?utf-8?q?=0D=0ABcc:...?=`) can form and be decoded by a mail client; and the
+/// length is bounded.
 pub(crate) fn clean_subject(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     for (chars, c) in raw.chars().enumerate() {
@@ -165,13 +168,31 @@ pub(crate) fn clean_subject(raw: &str) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        if c.is_control() || displays_as_break_or_reorders(c) {
             let _ = write!(out, "\\u{{{:x}}}", c as u32);
         } else {
+            if c == '?' && out.ends_with('=') {
+                out.push(' ');
+            }
             out.push(c);
         }
     }
     out
+}
+
+/// Line and paragraph separators, and the bidirectional marks, embeddings, overrides and
+/// isolates that can make a subject read differently from what it says.
+fn displays_as_break_or_reorders(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+    )
 }
 
 pub(crate) use crate::report::format_secs;
@@ -446,6 +467,106 @@ pub(crate) mod tests {
             .to_owned();
         assert!(subject.contains("Bcc: evil@example.net\\u{d}"), "{subject}");
         assert_eq!(message.envelope().to().len(), 1);
+    }
+
+    fn envelope_parts() -> (Mailbox, [Mailbox; 1]) {
+        (
+            parse_mailbox("vigil@example.com").unwrap(),
+            [parse_mailbox("oncall@example.com").unwrap()],
+        )
+    }
+
+    fn formatted(report: &SlowRequestReport) -> Vec<u8> {
+        let (from, to) = envelope_parts();
+        let envelope = Envelope {
+            from: &from,
+            to: &to,
+        };
+        report_message(&envelope, &default_template(), report)
+            .unwrap()
+            .formatted()
+    }
+
+    /// The Subject header as written, folded lines joined.
+    fn raw_subject(raw: &[u8]) -> String {
+        let raw = String::from_utf8(raw.to_vec()).unwrap();
+        let headers = raw.split("\r\n\r\n").next().unwrap().replace("\r\n ", " ");
+        headers
+            .lines()
+            .find(|l| l.starts_with("Subject: "))
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn encoded_words_in_the_uri_are_never_decoded_into_the_subject() {
+        for uri in [
+            "/=?utf-8?q?=0D=0ABcc:_evil@example.net?=",
+            "/a =?UTF-8?B?DQpCY2M6IGV2aWxAZXhhbXBsZS5uZXQ=?= b",
+            "/x?q==?utf-8?q?=0D=0ABcc:_evil@example.net?==?utf-8?q?=0A?=",
+        ] {
+            let raw = formatted(&report(uri));
+            let subject_line = raw_subject(&raw);
+            assert!(!subject_line.contains("=?"), "{subject_line}");
+            let mail = mail_parser::MessageParser::default().parse(&raw).unwrap();
+            let subject = mail.subject().unwrap();
+            assert!(!subject.contains(['\r', '\n']), "{subject:?}");
+            assert!(!subject.contains("=?"), "{subject:?}");
+            assert!(mail.bcc().is_none() && mail.header("Bcc").is_none());
+        }
+        // With other non-ASCII text the subject is encoded as a whole, and what it decodes to
+        // still holds no encoded word.
+        let raw = formatted(&report("/é=?utf-8?q?=0D=0ABcc:_evil@example.net?="));
+        let mail = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let subject = mail.subject().unwrap();
+        assert!(subject.contains("/é"), "{subject:?}");
+        assert!(!subject.contains(['\r', '\n']), "{subject:?}");
+        assert!(!subject.contains("=?"), "{subject:?}");
+        assert!(mail.bcc().is_none() && mail.header("Bcc").is_none());
+    }
+
+    #[test]
+    fn text_that_reads_as_line_breaks_or_reversed_text_is_escaped_in_subjects() {
+        let subject = clean_subject("a\u{2028}b\u{2029}c\u{202e}d\u{2066}e\u{200f}f");
+        assert_eq!(
+            subject,
+            "a\\u{2028}b\\u{2029}c\\u{202e}d\\u{2066}e\\u{200f}f"
+        );
+    }
+
+    #[test]
+    fn crlf_and_non_ascii_everywhere_still_make_a_well_formed_message() {
+        let nasty =
+            "\r\nBcc: evil@example.net\r\n\r\nbody? ünï\u{0}cödé \u{7f}\u{202e} =?x?q?y?= \r.\r\n";
+        let mut crafted = report(&format!("/ü{nasty}"));
+        crafted.headers = vec![
+            ("user-agent".into(), nasty.into()),
+            (format!("x-{nasty}"), "plain".into()),
+        ];
+        crafted.host = Some(nasty.into());
+        let raw = formatted(&crafted);
+        assert!(raw.is_ascii());
+        let mail = mail_parser::MessageParser::default()
+            .parse(&raw)
+            .expect("mail-parser reads the message");
+        let subject = mail.subject().unwrap();
+        assert!(
+            subject.starts_with("[vigil] slow request: GET /ü"),
+            "{subject:?}"
+        );
+        assert!(!subject.contains(['\r', '\n']), "{subject:?}");
+        assert!(mail.bcc().is_none() && mail.header("Bcc").is_none());
+        assert_eq!(
+            mail.to().unwrap().first().unwrap().address(),
+            Some("oncall@example.com")
+        );
+        let body = mail.body_text(0).unwrap();
+        assert!(body.contains("ünï"), "{body}");
+        assert_eq!(mail.attachment_count(), 1);
+        let json: serde_json::Value =
+            serde_json::from_slice(mail.attachment(0).unwrap().contents()).unwrap();
+        assert_eq!(json["uri"], crafted.uri.as_str());
+        assert_eq!(json["headers"][0][1], nasty);
     }
 
     #[test]
