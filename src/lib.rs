@@ -75,7 +75,6 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-mod capture_shim;
 pub mod config;
 mod error;
 mod exempt;

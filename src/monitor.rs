@@ -226,7 +226,7 @@ fn slow_report(
             name: stack::thread_name(tid),
         };
         // Only the signal goes out here; the reporter waits for the answer.
-        let evidence = match crate::capture_shim::start_capture(tid, id) {
+        let evidence = match stack::start_capture(tid, id) {
             Ok(capture) => StackEvidence::Awaited {
                 capture,
                 deadline: Instant::now() + watch.capture_timeout,

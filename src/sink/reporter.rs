@@ -7,12 +7,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::Sink;
-use crate::capture_shim::PendingCapture;
 use crate::report::{
     rfc3339, Completion, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus,
     ThreadInfo,
 };
-use crate::stack::{self, CaptureError, RawStack};
+use crate::stack::{self, CaptureError, PendingCapture, RawStack};
 
 /// The stack of a report: known when the monitor handed it over, or a capture whose signal
 /// went out and whose answer the reporter waits for, so the monitor never waits on a thread.

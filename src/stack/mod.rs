@@ -775,7 +775,9 @@ impl Drop for PendingCapture {
 }
 
 /// Captures the native stack of thread `tid`, provided it is still polling `request_id` when
-/// the signal lands, waiting up to `timeout` for the answer.
+/// the signal lands, waiting up to `timeout` for the answer. The monitor never waits like this
+/// (it starts captures and the reporter collects them); tests do.
+#[cfg(test)]
 pub(crate) fn capture(
     tid: i32,
     request_id: u64,
