@@ -311,3 +311,79 @@ fn huge_headers_are_capped_and_their_memory_given_back() {
         &long.uri[4000..]
     );
 }
+
+/// Blocks every real-time signal on the calling thread for `duration`, as code inside a C
+/// library or in uninterruptible IO may: a capture of this thread is never answered.
+#[inline(never)]
+fn vigil_signals_blocked(duration: Duration) {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises; pthread_sigmask only changes
+    // the calling thread's mask, and the old mask is put back before returning.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        std::thread::sleep(duration);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+}
+
+/// Captures that nobody answers must not hold up deadlines: with 16 threads that have the
+/// capture signal blocked, a 1 s hard deadline still answers within two ticks of itself.
+/// Before the monitor stopped waiting on captures, it answered at 3 s.
+#[test]
+fn unanswered_captures_do_not_delay_deadlines() {
+    const TICK: Duration = Duration::from_millis(20);
+    const HARD: Duration = Duration::from_secs(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(20)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (watchdog, timebox) = runtime.block_on(async {
+        let watchdog = WatchdogLayer::builder(Duration::from_millis(100))
+            .recapture_at([])
+            .resolution(TICK)
+            .build()
+            .unwrap();
+        let timebox = TimeboxLayer::builder(HARD)
+            .grace(Duration::from_millis(200))
+            .resolution(TICK)
+            .build()
+            .unwrap();
+        (watchdog, timebox)
+    });
+    let vigil = Vigil::new().watchdog(watchdog.clone()).timebox(timebox);
+    let blocked = vigil.layer(service_fn(|_: Request<()>| async {
+        vigil_signals_blocked(Duration::from_millis(2500));
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let waiting = vigil.layer(service_fn(|_: Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let elapsed = runtime.block_on(async {
+        let mut wedged = Vec::new();
+        for _ in 0..16 {
+            wedged.push(tokio::spawn(blocked.clone().oneshot(Request::new(()))));
+        }
+        let started = std::time::Instant::now();
+        let response = waiting.oneshot(Request::new(())).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        for task in wedged {
+            let _ = task.await;
+        }
+        elapsed
+    });
+    assert!(
+        elapsed <= HARD + 2 * TICK + Duration::from_millis(60),
+        "the 1 s deadline answered after {elapsed:?}"
+    );
+    assert!(watchdog.flush(Duration::from_secs(10)));
+    assert!(watchdog.stats().capture_timeouts >= 16, "{:?}", watchdog.stats());
+}

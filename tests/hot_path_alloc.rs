@@ -110,7 +110,6 @@ fn requests_that_are_not_slow_do_not_allocate() {
     for _ in 0..3 {
         allocations_of_one_request(&mut service);
     }
-    let slots_before = layer.stats().registry_slots;
     let per: Vec<usize> = (0..1000)
         .map(|_| allocations_of_one_request(&mut service))
         .collect();
@@ -122,11 +121,9 @@ fn requests_that_are_not_slow_do_not_allocate() {
         .collect();
     let total: usize = per.iter().sum();
     assert_eq!(total, 0, "allocations in 1000 requests, at {at:?}");
-    assert_eq!(
-        layer.stats().registry_slots,
-        slots_before,
-        "the thread's slot was reused"
-    );
+    // No allocation at all also means the thread's registry slot was reused: a new slot
+    // allocates. (The registry is the process's, shared with this binary's other tests, so
+    // its slot count is not this test's to check.)
 }
 
 #[test]
