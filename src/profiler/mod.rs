@@ -100,6 +100,7 @@
 mod authorize;
 mod background;
 mod body;
+mod export;
 mod fold;
 mod future;
 mod layer;
