@@ -400,7 +400,7 @@ async fn a_profile_past_its_maximum_duration_is_returned_partial() {
     assert_eq!(json["partial"], true);
     assert!(json["samples"].as_u64().unwrap() > 50, "{json}");
     let html = fetch(addr, "/stuck?__profile__", ADMIN).await.text();
-    assert!(html.contains("Partial profile"));
+    assert!(html.contains("Partial profile"), "{html}");
     assert!(
         html.contains("PARTIAL"),
         "the flamegraph is not marked partial"

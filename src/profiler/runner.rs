@@ -502,6 +502,9 @@ fn control<S, B, RB>(
     let finished = ended.unwrap_or_else(|| {
         // Stop the request at its next await point; its thread keeps the permit until then.
         let _ = cancel_tx.send(());
+        // A request parked at an await point ends at once: wait a little, so that whoever
+        // reads this partial profile finds the place free again.
+        let _ = done_rx.recv_timeout(Duration::from_millis(100));
         Finished {
             outcome: Outcome::Cancelled,
             wall: started.elapsed(),
