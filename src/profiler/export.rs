@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use serde_json::json;
 
 use super::fold::Profile;
-use super::Mode;
 
 /// Nanoseconds one sample stands for.
 fn period_nanos(profile: &Profile) -> u64 {
@@ -79,15 +78,6 @@ pub(crate) fn speedscope(profile: &Profile) -> Vec<u8> {
     serde_json::to_vec(&document).unwrap_or_default()
 }
 
-/// The mode a stored profile names.
-fn mode_of(profile: &Profile) -> Mode {
-    if profile.mode == Mode::CpuTime.name() {
-        Mode::CpuTime
-    } else {
-        Mode::WallClock
-    }
-}
-
 #[cfg(feature = "pprof")]
 pub(crate) use self::pprof::pprof;
 
@@ -102,8 +92,17 @@ mod pprof {
     use flate2::Compression;
     use prost::Message;
 
-    use super::{intern, mode_of, period_nanos, Profile};
+    use super::{intern, period_nanos, Profile};
     use crate::profiler::Mode;
+
+    /// The mode a stored profile names.
+    fn mode_of(profile: &Profile) -> Mode {
+        if profile.mode == Mode::CpuTime.name() {
+            Mode::CpuTime
+        } else {
+            Mode::WallClock
+        }
+    }
 
     #[derive(Clone, PartialEq, Message)]
     struct PprofProfile {
@@ -262,6 +261,7 @@ mod pprof {
 pub(crate) mod tests {
     use super::*;
     use crate::profiler::fold::FoldedStack;
+    use crate::profiler::Mode;
 
     pub(crate) fn sample_profile() -> Profile {
         Profile {

@@ -20,8 +20,10 @@
 //!
 //! | URL | answer |
 //! |---|---|
-//! | `?__profile__` | HTML page: the flamegraph SVG inline, the application's status, wall and CPU time, the number of samples, the top frames |
+//! | `?__profile__` | HTML page: the flamegraph SVG inline, the application's status, wall and CPU time, the number of samples, the top frames, and links to this same profile in the other formats |
 //! | `?__profile__=svg`, `=folded`, `=json` | the raw format |
+//! | `?__profile__=pprof` | gzip-compressed pprof `profile.proto` (`attachment; filename="profile.pb.gz"`), for `go tool pprof`, Pyroscope, Grafana and speedscope; sample types `samples/count` and `cpu/nanoseconds` or `wall/nanoseconds` by mode (feature `pprof`) |
+//! | `?__profile__=speedscope` | speedscope's JSON file format: one "sampled" profile over shared frames, weighted in nanoseconds |
 //! | `?__profile__=cpu`, `=wall`, `=svg,cpu` | the mode, alone or with a format |
 //! | `?__profile__=background` | answers at once with a page that refreshes until the profile is ready; profiles are kept in [`ProfilerLayer::output_dir`] and listed at [`ProfilerLayer::index_path`] |
 //!
@@ -31,9 +33,23 @@
 //! After [`ProfilerLayer::max_duration`], sampling stops and the partial profile is returned,
 //! marked as partial (and with an `x-vigil-profile-partial: true` header).
 //!
-//! The flamegraph is rendered with inferno, behind the `flamegraph` feature (on by default);
-//! without it the folded and JSON formats remain.
+//! A profile viewed as a page is kept in the output directory like a background one (and
+//! counts toward [`ProfilerLayer::retain`]), so that the page's links serve that very profile
+//! from `{index_path}/{id}.svg`, `.folded`, `.json`, `.speedscope.json` and `.pb.gz`; if it
+//! cannot be written, the page says so and its links profile the request again instead.
 //!
+//! A profile without a single sample is not answered with an empty graph: every format but
+//! `=json` gets `422 Unprocessable Content` saying that the request finished before the first
+//! sample (at the configured rate), or `503 Service Unavailable` when the sampler's signal
+//! never arrived over many periods (blocked, or taken by another handler).
+//!
+//! When the client of a profiled request goes away, or an outer layer (a timeout) drops the
+//! response future, the profile is cancelled: sampling stops, the request is dropped at its
+//! next await point on the profiling thread, and its place is free for the next profile.
+//!
+//! The flamegraph is rendered with inferno, behind the `flamegraph` feature (on by default);
+//! without it the other formats remain. Pages are maud templates, which escape every value.
+
 //! # Example
 //!
 //! With axum's `Router::layer`, authorized by a closure over the request's parts:
@@ -94,6 +110,8 @@
 //! - Only the profiling thread is sampled. Work the request hands to other threads
 //!   (`spawn_blocking`, other runtimes) shows as waiting, in wall-clock mode.
 //! - Tasks the request spawns run on the profiling runtime and end with the request.
+//! - A cancelled profile (partial, or abandoned by its client) ends its request at the next
+//!   await point; a request busy on the CPU keeps its place until it reaches one.
 //! - Inner layers must be `Clone + Send + 'static`, since a clone of the inner service runs on
 //!   the profiling thread, and the request body must be `Send`.
 
