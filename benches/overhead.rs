@@ -81,7 +81,10 @@ fn per_request(c: &mut Criterion) {
     group.bench_function("watchdog_armed", |b| {
         b.iter_custom(|iters| run(&rt, watchdog.layer(Bare), iters))
     });
-    let inline = TimeboxLayer::new(Duration::from_secs(25)).isolation(false);
+    let inline = TimeboxLayer::builder(Duration::from_secs(25))
+        .isolation(false)
+        .build()
+        .unwrap();
     group.bench_function("timebox_inline", |b| {
         b.iter_custom(|iters| run(&rt, inline.layer(Bare), iters))
     });
@@ -91,7 +94,12 @@ fn per_request(c: &mut Criterion) {
     });
     let vigil = Vigil::new()
         .watchdog(WatchdogLayer::new(Duration::from_secs(25)))
-        .timebox(TimeboxLayer::new(Duration::from_secs(27)).isolation(false));
+        .timebox(
+            TimeboxLayer::builder(Duration::from_secs(27))
+                .isolation(false)
+                .build()
+                .unwrap(),
+        );
     group.bench_function("vigil_profiler_watchdog_and_timebox_inline", |b| {
         b.iter_custom(|iters| run(&rt, vigil.layer(Bare), iters))
     });

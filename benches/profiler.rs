@@ -19,7 +19,7 @@ use criterion::{criterion_group, BatchSize, Criterion};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_vigil::profiler::{Mode, ProfilerLayer, SharedSecret};
+use tower_vigil::profiler::{Mode, ProfilerBuilder, ProfilerLayer, SharedSecret};
 
 const SECRET: &str = "bench-secret-0123456789";
 
@@ -43,10 +43,14 @@ fn timed_work() -> u64 {
     x
 }
 
-fn layer(mode: Mode) -> ProfilerLayer {
-    ProfilerLayer::new()
+fn builder(mode: Mode) -> ProfilerBuilder {
+    ProfilerLayer::builder()
         .authorize(SharedSecret::new(SECRET))
         .mode(mode)
+}
+
+fn layer(mode: Mode) -> ProfilerLayer {
+    builder(mode).build().unwrap()
 }
 
 /// Profiles one run of the handler; returns the handler's own time and the sample count.
@@ -82,7 +86,11 @@ fn trigger_check(c: &mut Criterion) {
     let mut bare = inner;
     let mut profiled = layer(Mode::WallClock).layer(inner);
     let mut disabled = ProfilerLayer::new().layer(inner);
-    let mut no_header = layer(Mode::WallClock).header_trigger(false).layer(inner);
+    let mut no_header = builder(Mode::WallClock)
+        .header_trigger(false)
+        .build()
+        .unwrap()
+        .layer(inner);
     let request = Request::get("/orders/42?page=2&sort=desc&filter=open")
         .header("accept", "text/html")
         .header("cookie", "session=abc")

@@ -172,12 +172,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let email = EmailSink::eml_dir(&mail_dir)?
         .from("vigil@example.com")?
         .to("oncall@example.com")?;
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .sink(FileSink::new(&reports_dir)?)
         .sink(LogSink::default().full_report(false))
         .sink(email.clone())
-        .redact_query_param("token");
-    let timebox = TimeboxLayer::new(HARD_DEADLINE).grace(GRACE)?;
+        .redact_query_param("token")
+        .build()?;
+    let timebox = TimeboxLayer::builder(HARD_DEADLINE).grace(GRACE).build()?;
     // Closed by default: only requests carrying this secret may profile.
     let profiler = ProfilerLayer::new().authorize(SharedSecret::new(ADMIN_TOKEN));
     let vigil = Vigil::new()

@@ -7,6 +7,15 @@ use std::fmt;
 /// It names the setting (`watchdog.threshold`), the value given and what is allowed, so an
 /// operator can fix a configuration file from the message alone.
 ///
+/// ```
+/// use std::time::Duration;
+/// use tower_vigil::watchdog::WatchdogLayer;
+///
+/// let error = WatchdogLayer::builder(Duration::ZERO).build().unwrap_err();
+/// assert_eq!(error.field(), "watchdog.threshold");
+/// assert!(error.to_string().contains("greater than zero"));
+/// ```
+///
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     field: String,
@@ -16,7 +25,6 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// A setting whose value is outside what is allowed.
-    #[allow(dead_code)] // used by the builders and the config module as they move over
     pub(crate) fn invalid(
         field: impl Into<String>,
         value: impl fmt::Display,
@@ -27,11 +35,6 @@ impl ConfigError {
             value: Some(value.to_string()),
             problem: allowed.into(),
         }
-    }
-
-    /// An error with only a message (being replaced by [`ConfigError::invalid`]).
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self::other("configuration", message)
     }
 
     /// A setting that is wrong in a way no single value describes (a thread that could not

@@ -75,6 +75,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod capture_shim;
+pub mod config;
 mod error;
 mod exempt;
 mod monitor;
@@ -85,6 +87,7 @@ pub mod sink;
 pub mod spans;
 mod stack;
 pub mod timebox;
+mod tracked;
 mod vigil;
 pub mod watchdog;
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 use crate::report::RequestMeta;
+use crate::tracked::Parts;
 
 /// Phases of a request, packed with its id into one atomic word so that a phase change can
 /// never apply to a later request that reuses the slot.
@@ -100,7 +101,16 @@ pub(crate) struct Slot {
     finished_ns: AtomicU64,
     /// HTTP status of the finished response, or 0 when the future was dropped without one.
     finished_status: AtomicU16,
-    meta: Mutex<RequestMeta>,
+    occupant: Mutex<Occupant>,
+}
+
+/// What a slot knows of its request beyond atomics: its description and the parts (watch,
+/// deadlines) it runs under. Written at registration, read by the monitor.
+#[derive(Default)]
+pub(crate) struct Occupant {
+    pub(crate) id: u64,
+    pub(crate) request: RequestMeta,
+    pub(crate) parts: Option<Arc<Parts>>,
 }
 
 impl Slot {
@@ -121,12 +131,20 @@ impl Slot {
             reports: AtomicU32::new(0),
             finished_ns: AtomicU64::new(0),
             finished_status: AtomicU16::new(0),
-            meta: Mutex::new(RequestMeta::default()),
+            occupant: Mutex::new(Occupant::default()),
         }
     }
 
-    pub(crate) fn meta(&self) -> MutexGuard<'_, RequestMeta> {
-        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn occupant(&self) -> MutexGuard<'_, Occupant> {
+        self.occupant.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The parts of request `id`, or `None` if the slot has moved on.
+    pub(crate) fn parts_of(&self, id: u64) -> Option<Arc<Parts>> {
+        let occupant = self.occupant();
+        (occupant.id == id)
+            .then(|| occupant.parts.clone())
+            .flatten()
     }
 
     pub(crate) fn started_ns(&self) -> u64 {
@@ -197,6 +215,12 @@ impl Slot {
         } else {
             SOFT_FIRED | HARD_FIRED
         }
+    }
+
+    /// Deadline flags of request `id`, or `None` if the slot no longer holds it.
+    pub(crate) fn flags_if_current(&self, id: u64) -> Option<u64> {
+        let word = self.deadline_flags.load(Ordering::Acquire);
+        (word >> FLAG_BITS == id && self.current_id() == id).then_some(word & FLAG_MASK)
     }
 
     /// Stores the waker to call at the hard deadline, cloning only when it changed.
@@ -326,6 +350,7 @@ impl Registry {
         self: &Arc<Self>,
         started_ns: u64,
         dues: Dues,
+        parts: &Arc<Parts>,
         fill: impl FnOnce(&mut RequestMeta),
     ) -> Registration {
         let shard = self.home_shard();
@@ -359,10 +384,19 @@ impl Registry {
             .store(id << FLAG_BITS, Ordering::Release);
         slot.reports.store(0, Ordering::Relaxed);
         slot.polling_tid.store(0, Ordering::Relaxed);
+        // A status left by the slot's previous request must never describe this one.
+        slot.finished_status.store(0, Ordering::Relaxed);
         {
-            let mut meta = slot.meta();
-            meta.id = id;
-            fill(&mut meta);
+            let mut occupant = slot.occupant();
+            occupant.id = id;
+            if !occupant
+                .parts
+                .as_ref()
+                .is_some_and(|held| Arc::ptr_eq(held, parts))
+            {
+                occupant.parts = Some(parts.clone());
+            }
+            fill(&mut occupant.request);
         }
         slot.word
             .store(id << PHASE_BITS | RUNNING, Ordering::Release);
@@ -518,6 +552,19 @@ pub(crate) struct RequestHandle {
 impl RequestHandle {
     pub(crate) fn flags(&self) -> u64 {
         self.slot.flags(self.id)
+    }
+
+    /// Deadline flags of the request, or `None` once its slot has moved on (the request's
+    /// registration was dropped).
+    pub(crate) fn current_flags(&self) -> Option<u64> {
+        self.slot.flags_if_current(self.id)
+    }
+
+    /// Records the status the client was sent, unless the slot has moved on.
+    pub(crate) fn set_status(&self, status: u16) {
+        if self.slot.current_id() == self.id {
+            self.slot.finished_status.store(status, Ordering::Relaxed);
+        }
     }
 }
 

@@ -24,10 +24,32 @@ pub const ALWAYS_REDACTED_HEADERS: [HeaderName; 4] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// Longest header value copied into a report; the rest is cut with a visible mark, so one huge
+/// header cannot hold megabytes in a reused registry slot.
+pub(crate) const HEADER_VALUE_LIMIT: usize = 1024;
+/// Longest URI (and route key) copied into a report.
+pub(crate) const URI_LIMIT: usize = 4096;
+
+/// Cuts `text` at `limit` bytes (on a character boundary) with a mark giving the full length,
+/// and gives back a buffer that grew far past the limit.
+fn cap(text: &mut String, limit: usize) {
+    if text.len() > limit {
+        let total = text.len();
+        let mut at = limit;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        let _ = write!(text, "…[truncated, {total} bytes]");
+    }
+    if text.capacity() > 2 * limit {
+        text.shrink_to(limit + 64);
+    }
+}
+
 /// What a request looked like when it came in, copied into reused buffers at registration.
 #[derive(Debug, Default)]
 pub(crate) struct RequestMeta {
-    pub(crate) id: u64,
     pub(crate) method: http::Method,
     pub(crate) version: http::Version,
     pub(crate) uri: String,
@@ -65,6 +87,8 @@ impl RequestCapture {
             meta.uri.push('?');
             self.push_redacted_query(query, &mut meta.uri);
         }
+        cap(&mut meta.uri, URI_LIMIT);
+        cap(&mut meta.route_key, URI_LIMIT);
         meta.header_count = 0;
         // One pass over the request's few headers beats a hash lookup per configured name.
         for (name, value) in request.headers() {
@@ -83,6 +107,9 @@ impl RequestCapture {
                 entry.1.push_str(REDACTED);
             } else {
                 push_header_value(value, &mut entry.1);
+            }
+            if entry.1.capacity() > 2 * HEADER_VALUE_LIMIT {
+                entry.1.shrink_to(HEADER_VALUE_LIMIT + 64);
             }
             meta.header_count += 1;
         }
@@ -148,16 +175,29 @@ fn percent_decoded_eq(raw: &str, plain: &str) -> bool {
 }
 
 /// Header values are usually ASCII; anything else is shown lossily, and control characters are
-/// escaped so a value cannot forge lines in a text report.
+/// escaped so a value cannot forge lines in a text report. At most [`HEADER_VALUE_LIMIT`] bytes
+/// of the value are read, so a huge header costs nothing more than a short one.
 fn push_header_value(value: &http::HeaderValue, out: &mut String) {
-    if let Ok(visible) = value.to_str() {
-        if !visible.contains('\t') {
-            out.push_str(visible);
-            return;
-        }
+    let bytes = value.as_bytes();
+    let shown = &bytes[..bytes.len().min(HEADER_VALUE_LIMIT)];
+    let start = out.len();
+    if shown.iter().all(|&b| b == b' ' || b.is_ascii_graphic()) {
+        // The common case: printable ASCII, copied as it is.
+        out.push_str(std::str::from_utf8(shown).unwrap_or_default());
+    } else {
+        push_escaped(shown, out, start);
     }
-    for chunk in value.as_bytes().utf8_chunks() {
+    if bytes.len() > shown.len() {
+        let _ = write!(out, "…[truncated, {} bytes]", bytes.len());
+    }
+}
+
+fn push_escaped(shown: &[u8], out: &mut String, start: usize) {
+    'chunks: for chunk in shown.utf8_chunks() {
         for c in chunk.valid().chars() {
+            if out.len() - start >= HEADER_VALUE_LIMIT {
+                break 'chunks;
+            }
             if c.is_control() {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             } else {

@@ -1,30 +1,29 @@
-//! [`Vigil`]: the layers stacked in the right order over one registry and one monitor thread.
+//! [`Vigil`]: the layers stacked in the right order, each request registered once.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::monitor::{Core, CoreConfig};
 use crate::profiler::{Profiler, ProfilerLayer};
-use crate::timebox::{Timebox, TimeboxBody, TimeboxLayer};
-use crate::watchdog::{Watchdog, WatchdogLayer};
+use crate::timebox::{TimeboxBody, TimeboxLayer};
+use crate::tracked::{Parts, Tracked, TrackedFuture};
+use crate::watchdog::WatchdogLayer;
 
-/// Stacks tower-vigil's layers in the right order over one registry and one monitor thread.
+/// Stacks tower-vigil's layers in the right order, with each request registered once.
 ///
 /// The profiler is outermost, so a profiled request runs on the profiling thread and is exempt
-/// from the timebox. With both a watchdog and a timebox, each request is registered once and the monitor fires
-/// its threshold and its deadlines; the watchdog also captures at the soft deadline and, for
-/// wedged requests, at the hard one, so the evidence is written before the supervisor's kill.
-/// Counters stay readable through clones of the layers given here
-/// ([`WatchdogLayer::stats`], [`TimeboxLayer::stats`]).
+/// from the timebox. With both a watchdog and a timebox, each request is registered once, with
+/// both parts, and the monitor fires its threshold and its deadlines; the watchdog also
+/// captures at the soft deadline and, for wedged requests, at the hard one, so the evidence is
+/// written before the supervisor's kill. The layers given here are running handles: their
+/// clones keep reading the same counters ([`WatchdogLayer::stats`], [`TimeboxLayer::stats`]).
 ///
 /// ```
 /// use std::time::Duration;
@@ -50,14 +49,8 @@ pub struct Vigil {
     profiler: Option<ProfilerLayer>,
     watchdog: Option<WatchdogLayer>,
     timebox: Option<TimeboxLayer>,
-    started: Arc<OnceLock<Started>>,
-}
-
-#[derive(Clone)]
-enum Started {
-    Combined(Arc<crate::timebox::layer::Shared>),
-    WatchdogOnly(Box<WatchdogLayer>),
-    Nothing,
+    /// The parts every request of this stack registers with; derived from the two layers.
+    parts: Option<Arc<Parts>>,
 }
 
 impl fmt::Debug for Vigil {
@@ -66,7 +59,7 @@ impl fmt::Debug for Vigil {
             .field("profiler", &self.profiler)
             .field("watchdog", &self.watchdog)
             .field("timebox", &self.timebox)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
@@ -85,37 +78,27 @@ impl Vigil {
     /// Adds the watchdog. Default: none.
     pub fn watchdog(mut self, watchdog: WatchdogLayer) -> Self {
         self.watchdog = Some(watchdog);
-        self.started = Arc::new(OnceLock::new());
+        self.parts = self.combined_parts();
         self
     }
 
     /// Adds the timebox. Default: none.
     pub fn timebox(mut self, timebox: TimeboxLayer) -> Self {
         self.timebox = Some(timebox);
-        self.started = Arc::new(OnceLock::new());
+        self.parts = self.combined_parts();
         self
     }
 
-    fn start(&self) -> Started {
-        let watchdog = self.watchdog.as_ref().filter(|w| w.is_enabled());
-        let timebox = self.timebox.as_ref().filter(|t| t.is_enabled());
-        match (watchdog, timebox) {
-            (_, Some(timebox)) => {
-                let resolution = watchdog.map_or(Duration::MAX, |w| w.effective_resolution());
-                let core = Core::start(CoreConfig {
-                    watch: watchdog.map(|w| w.watch_config()),
-                    deadlines: Some(timebox.deadline_settings()),
-                    resolution: resolution.min(timebox.effective_resolution()),
-                })
-                .unwrap_or_else(|error| {
-                    panic!("tower-vigil: cannot start the monitor thread: {error}")
-                });
-                let watch = watchdog.map(|w| w.attach(core.clone()));
-                Started::Combined(timebox.attach(core, watch))
-            }
-            (Some(watchdog), None) => Started::WatchdogOnly(Box::new(watchdog.clone())),
-            (None, None) => Started::Nothing,
-        }
+    /// One set of parts holding both the watch and the deadlines.
+    fn combined_parts(&self) -> Option<Arc<Parts>> {
+        let watch = self.watchdog.as_ref().and_then(|w| w.parts());
+        let deadlines = self.timebox.as_ref().and_then(|t| t.parts());
+        let registry = watch.or(deadlines)?.registry.clone();
+        Some(Arc::new(Parts {
+            registry,
+            watch: self.watchdog.as_ref().and_then(|w| w.part()).cloned(),
+            deadlines: self.timebox.as_ref().and_then(|t| t.part()).cloned(),
+        }))
     }
 }
 
@@ -123,27 +106,28 @@ impl<S> Layer<S> for Vigil {
     type Service = Profiler<VigilService<S>>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let kind = match self.started.get_or_init(|| self.start()) {
-            Started::Combined(shared) => Kind::Timebox(Timebox::new(inner, Some(shared.clone()))),
-            Started::WatchdogOnly(watchdog) => Kind::Watchdog(watchdog.layer(inner)),
-            Started::Nothing => Kind::Watchdog(Watchdog::new(inner, None)),
+        let service = VigilService {
+            tracked: Tracked::new(inner, self.parts.clone()),
         };
         // Without a profiler, an unauthorized one: it passes every request straight through.
         let profiler = self.profiler.clone().unwrap_or_default();
-        profiler.layer(VigilService { kind })
+        profiler.layer(service)
     }
 }
 
 /// The watchdog and timebox part of a [`Vigil`] stack, inside its profiler.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct VigilService<S> {
-    kind: Kind<S>,
+    tracked: Tracked<S>,
 }
 
-#[derive(Clone, Debug)]
-enum Kind<S> {
-    Watchdog(Watchdog<S>),
-    Timebox(Timebox<S>),
+impl<S: fmt::Debug> fmt::Debug for VigilService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VigilService")
+            .field("inner", &self.tracked.inner)
+            .field("enabled", &self.tracked.parts.is_some())
+            .finish()
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for VigilService<S>
@@ -158,22 +142,13 @@ where
     type Future = VigilFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match &mut self.kind {
-            Kind::Watchdog(service) => service.poll_ready(cx),
-            Kind::Timebox(service) => service.poll_ready(cx),
-        }
+        self.tracked.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let kind = match &mut self.kind {
-            Kind::Watchdog(service) => FutureKind::Watchdog {
-                future: service.call(request),
-            },
-            Kind::Timebox(service) => FutureKind::Timebox {
-                future: service.call(request),
-            },
-        };
-        VigilFuture { kind }
+        VigilFuture {
+            inner: self.tracked.call_isolated(request),
+        }
     }
 }
 
@@ -184,24 +159,7 @@ pin_project! {
         F: Future,
     {
         #[pin]
-        kind: FutureKind<F>,
-    }
-}
-
-pin_project! {
-    #[project = FutureKindProj]
-    enum FutureKind<F>
-    where
-        F: Future,
-    {
-        Watchdog {
-            #[pin]
-            future: crate::watchdog::ResponseFuture<F>,
-        },
-        Timebox {
-            #[pin]
-            future: crate::timebox::ResponseFuture<F>,
-        },
+        inner: TrackedFuture<F>,
     }
 }
 
@@ -212,11 +170,6 @@ where
     type Output = Result<Response<TimeboxBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            FutureKindProj::Watchdog { future } => future.poll(cx).map(|output| {
-                output.map(|response| response.map(|body| TimeboxBody::inner(body, None)))
-            }),
-            FutureKindProj::Timebox { future } => future.poll(cx),
-        }
+        self.project().inner.poll(cx)
     }
 }

@@ -173,9 +173,11 @@ fn a_wedged_application_still_mails_its_report_with_the_blocking_function() {
     let gate = Gate::default();
     let _release = OpenOnDrop(gate.clone());
     let handler_gate = gate.clone();
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .recapture_at([])
-        .sink(email.clone());
+        .sink(email.clone())
+        .build()
+        .unwrap();
     let app = Router::new()
         .route(
             "/block",
@@ -250,7 +252,7 @@ fn secrets_never_reach_the_mail() {
         .unwrap()
         .to("oncall@example.com")
         .unwrap();
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .recapture_at([])
         .report_headers([
             http::header::HOST,
@@ -258,7 +260,9 @@ fn secrets_never_reach_the_mail() {
             http::header::COOKIE,
         ])
         .redact_query_param("token")
-        .sink(email);
+        .sink(email)
+        .build()
+        .unwrap();
     let app = App::start(slow_route("/account", 400).layer(watchdog), 2);
     let (status, _) = app.get(
         "/account?token=hunter2-query&page=3",
@@ -300,9 +304,11 @@ fn with_the_smtp_server_down_the_fallback_file_holds_the_report() {
     .retries(2)
     .retry_backoff(Duration::from_millis(50))
     .fallback(FileSink::new(&dir).unwrap());
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .recapture_at([])
-        .sink(email.clone());
+        .sink(email.clone())
+        .build()
+        .unwrap();
     let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
     assert_eq!(app.get("/slow", &[]).0, 200);
     let path = wait_for_file_ending(&dir, "-1.json", PATIENCE).expect("no fallback file");
@@ -350,7 +356,11 @@ fn a_stalled_smtp_server_does_not_slow_fast_requests() {
         .unwrap()
         .to("oncall@example.com")
         .unwrap();
-    let watchdog = WatchdogLayer::new(THRESHOLD).recapture_at([]).sink(email);
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
+        .recapture_at([])
+        .sink(email)
+        .build()
+        .unwrap();
     let app = App::start(fast_and_slow(watchdog), 2);
     assert_eq!(app.get("/slow", &[]).0, 200);
     healthy.wait_for_messages(1, PATIENCE).expect("a mail");
@@ -367,10 +377,12 @@ fn a_stalled_smtp_server_does_not_slow_fast_requests() {
         .unwrap()
         .retries(0);
     let collect = Collect::default();
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .recapture_at([])
         .sink(email.clone())
-        .sink(collect.clone());
+        .sink(collect.clone())
+        .build()
+        .unwrap();
     let app = App::start(fast_and_slow(watchdog), 2);
     assert_eq!(app.get("/slow", &[]).0, 200);
     assert!(
@@ -415,10 +427,12 @@ fn a_burst_is_throttled_and_the_rest_summed_up_in_a_digest() {
         .to("oncall@example.com")
         .unwrap()
         .throttle(PER_ROUTE, WINDOW);
-    let watchdog = WatchdogLayer::new(Duration::from_millis(50))
+    let watchdog = WatchdogLayer::builder(Duration::from_millis(50))
         .recapture_at([])
         .queue_capacity(4 * BURST)
-        .sink(email.clone());
+        .sink(email.clone())
+        .build()
+        .unwrap();
     let app = App::start(slow_route("/burst", 300).layer(watchdog.clone()), 2);
     let started = Instant::now();
     let requests: Vec<_> = (0..BURST).map(|_| app.spawn_get("/burst")).collect();
@@ -485,9 +499,11 @@ fn a_transient_error_is_retried_and_the_mail_then_goes_out() {
         .to("oncall@example.com")
         .unwrap()
         .retry_backoff(Duration::from_millis(20));
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .recapture_at([])
-        .sink(email.clone());
+        .sink(email.clone())
+        .build()
+        .unwrap();
     let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
     assert_eq!(app.get("/slow", &[]).0, 200);
     smtp.wait_for_messages(1, PATIENCE)
@@ -516,9 +532,11 @@ fn a_permanent_error_goes_to_the_fallback_without_retries() {
         .unwrap()
         .retry_backoff(Duration::from_millis(20))
         .fallback(fallback.clone());
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .recapture_at([])
-        .sink(email.clone());
+        .sink(email.clone())
+        .build()
+        .unwrap();
     let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
     assert_eq!(app.get("/slow", &[]).0, 200);
     let report = fallback
@@ -545,9 +563,11 @@ fn starttls_is_required_unless_switched_off() {
         .to("oncall@example.com")
         .unwrap()
         .fallback(fallback.clone());
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .recapture_at([])
-        .sink(email.clone());
+        .sink(email.clone())
+        .build()
+        .unwrap();
     let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
     assert_eq!(app.get("/slow", &[]).0, 200);
     fallback
@@ -588,9 +608,11 @@ fn one_slow_report(config: SmtpConfig, fallback: &Collect) -> (EmailSink, App) {
         .retries(2)
         .retry_backoff(Duration::from_millis(20))
         .fallback(fallback.clone());
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .recapture_at([])
-        .sink(email.clone());
+        .sink(email.clone())
+        .build()
+        .unwrap();
     let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
     assert_eq!(app.get("/slow", &[]).0, 200);
     (email, app)
@@ -715,9 +737,11 @@ fn flush_sends_the_pending_digest_at_once_and_follow_ups_thread() {
         .unwrap()
         .throttle(1, Duration::from_secs(600))
         .follow_up(true);
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .recapture_at([])
-        .sink(email.clone());
+        .sink(email.clone())
+        .build()
+        .unwrap();
     let app = App::start(slow_route("/slow", 300).layer(watchdog.clone()), 2);
     for _ in 0..3 {
         assert_eq!(app.get("/slow", &[]).0, 200);
@@ -783,9 +807,11 @@ fn flush_is_bounded_by_its_deadline_and_loses_nothing() {
         .to("oncall@example.com")
         .unwrap()
         .fallback(fallback.clone());
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .recapture_at([])
-        .sink(email.clone());
+        .sink(email.clone())
+        .build()
+        .unwrap();
     let app = App::start(slow_route("/slow", 300).layer(watchdog.clone()), 2);
     assert_eq!(app.get("/slow", &[]).0, 200);
     assert!(smtp.wait_for_connections(1, PATIENCE));

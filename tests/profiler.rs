@@ -17,7 +17,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower_vigil::profiler::{Mode, Profiled, ProfilerLayer, SharedSecret};
+use tower_vigil::profiler::{Mode, Profiled, ProfilerBuilder, ProfilerLayer, SharedSecret};
 use tower_vigil::watchdog::WatchdogLayer;
 use tracing::Instrument;
 
@@ -126,7 +126,11 @@ fn app() -> Router {
 }
 
 fn profiler() -> ProfilerLayer {
-    ProfilerLayer::new().authorize(SharedSecret::new(SECRET))
+    builder().build().unwrap()
+}
+
+fn builder() -> ProfilerBuilder {
+    ProfilerLayer::builder().authorize(SharedSecret::new(SECRET))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,7 +276,7 @@ async fn an_io_bound_request_shows_the_span_it_waited_in() {
             }),
         )
     };
-    let addr = serve(io_app().layer(profiler().mode(Mode::WallClock))).await;
+    let addr = serve(io_app().layer(builder().mode(Mode::WallClock).build().unwrap())).await;
 
     let folded = fetch(addr, "/io?__profile__=folded", ADMIN).await;
     assert_eq!(folded.status, 200, "{}", folded.text());
@@ -366,7 +370,7 @@ async fn a_profiled_request_is_exempt_and_runs_outside_the_worker_pool() {
                 }
             }),
         )
-        .layer(profiler().mode(Mode::CpuTime));
+        .layer(builder().mode(Mode::CpuTime).build().unwrap());
     let addr = serve(app).await;
     assert_eq!(fetch(addr, "/whoami", &[]).await.text(), "me");
     let profiled = fetch(addr, "/whoami?__profile__=json", ADMIN).await;
@@ -389,7 +393,12 @@ async fn a_profile_past_its_maximum_duration_is_returned_partial() {
                 "late"
             }),
         )
-        .layer(profiler().max_duration(Duration::from_millis(300)));
+        .layer(
+            builder()
+                .max_duration(Duration::from_millis(300))
+                .build()
+                .unwrap(),
+        );
     let addr = serve(app).await;
     let started = Instant::now();
     let reply = fetch(addr, "/stuck?__profile__=json", ADMIN).await;
@@ -412,7 +421,7 @@ async fn a_profile_past_its_maximum_duration_is_returned_partial() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_profile_is_kept_and_listed_for_admins_only() {
     let dir = temp_dir("profiles");
-    let addr = serve(app().layer(profiler().output_dir(&dir).retain(5))).await;
+    let addr = serve(app().layer(builder().output_dir(&dir).retain(5).build().unwrap())).await;
 
     let started = fetch(addr, "/cpu?__profile__=background", ADMIN).await;
     assert_eq!(started.status, 202, "{}", started.text());

@@ -10,18 +10,23 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use common::*;
 use tower_vigil::report::{ReportKind, ReportTrigger, StackStatus};
-use tower_vigil::timebox::{spawn_blocking, timebox, Deadline, DeadlineKind, Quota, TimeboxLayer};
+use tower_vigil::timebox::{
+    spawn_blocking, timebox, Deadline, DeadlineKind, Quota, TimeboxBuilder, TimeboxLayer,
+};
 use tower_vigil::watchdog::WatchdogLayer;
 use tower_vigil::Vigil;
 
 const TICK: Duration = Duration::from_millis(20);
 const HARD: Duration = Duration::from_millis(300);
 
-fn layer() -> TimeboxLayer {
-    TimeboxLayer::new(HARD)
+fn builder() -> TimeboxBuilder {
+    TimeboxLayer::builder(HARD)
         .grace(Duration::from_millis(100))
-        .unwrap()
         .resolution(TICK)
+}
+
+fn layer() -> TimeboxLayer {
+    builder().build().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +271,10 @@ fn request_start(ago: Duration) -> String {
 async fn requests_that_queued_too_long_are_shed_and_bad_headers_ignored() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
-    let timebox = layer().wait_timeout(Duration::from_secs(1));
+    let timebox = builder()
+        .wait_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let app = Router::new()
         .route(
             "/",
@@ -340,7 +348,7 @@ impl http_body::Body for SlowBody {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_outlives_the_deadline_is_cut_off() {
-    let timebox = layer().body_deadline(true);
+    let timebox = builder().body_deadline(true).build().unwrap();
     let app = Router::new()
         .route(
             "/stream",
@@ -377,10 +385,13 @@ async fn a_body_that_outlives_the_deadline_is_cut_off() {
 fn escalation_is_called_after_repeated_wedges() {
     let escalations = Arc::new(AtomicUsize::new(0));
     let seen = escalations.clone();
-    let timebox = layer().escalate_after(2, Duration::from_secs(10), move |count| {
-        assert_eq!(count, 2);
-        seen.fetch_add(1, Ordering::SeqCst);
-    });
+    let timebox = builder()
+        .escalate_after(2, Duration::from_secs(10), move |count| {
+            assert_eq!(count, 2);
+            seen.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
     let app = Router::new()
         .route(
             "/wedge",
@@ -415,7 +426,7 @@ async fn the_off_switch_lets_requests_run() {
                 "finished"
             }),
         )
-        .layer(layer().enabled(false));
+        .layer(builder().enabled(false).build().unwrap());
     let addr = serve(app).await;
     assert_eq!(
         http_get(addr, "/slow", &[]).await,

@@ -14,10 +14,11 @@ use tower_vigil::timebox::TimeboxLayer;
 fn ten_thousand_cancelled_requests_leak_nothing() {
     let drops = DropCounter::default();
     let counter = drops.clone();
-    let timebox = TimeboxLayer::new(Duration::from_millis(20))
+    let timebox = TimeboxLayer::builder(Duration::from_millis(20))
         .grace(Duration::from_millis(10))
-        .unwrap()
-        .resolution(Duration::from_millis(2));
+        .resolution(Duration::from_millis(2))
+        .build()
+        .unwrap();
     let app = never_answering_route("/", counter).layer(timebox.clone());
     let (addr, server) = serve_on_own_runtime(app, 2);
     let baseline = server.metrics().num_alive_tasks();

@@ -216,11 +216,13 @@ fn a_runtime_whose_workers_are_all_blocked_still_gets_its_report() {
 async fn fast_requests_and_ignored_routes_are_not_reported() {
     init_tracing();
     let collect = Collect::default();
-    let watchdog = WatchdogLayer::new(THRESHOLD)
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
         .sink(collect.clone())
         .ignore_path("/health")
         .ignore_path("/stream/*")
-        .ignore_if(|parts| parts.headers.contains_key("x-long-poll"));
+        .ignore_if(|parts| parts.headers.contains_key("x-long-poll"))
+        .build()
+        .unwrap();
     let slow = || async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         "slow on purpose"
@@ -267,7 +269,7 @@ async fn secrets_never_reach_a_report() {
             }),
         )
         .layer(
-            WatchdogLayer::new(THRESHOLD)
+            WatchdogLayer::builder(THRESHOLD)
                 .sink(FileSink::new(&dir).unwrap())
                 .sink(collect.clone())
                 .report_headers([
@@ -277,7 +279,9 @@ async fn secrets_never_reach_a_report() {
                     http::HeaderName::from_static("x-api-key"),
                 ])
                 .redact_header(http::HeaderName::from_static("x-api-key"))
-                .redact_query_param("token"),
+                .redact_query_param("token")
+                .build()
+                .unwrap(),
         );
     let addr = serve(app).await;
     let (status, _) = http_get(
@@ -333,10 +337,12 @@ fn stacks_are_never_attributed_to_the_wrong_request() {
     }
     let collect = Collect::default();
     let threshold = Duration::from_millis(30);
-    let watchdog = WatchdogLayer::new(threshold)
+    let watchdog = WatchdogLayer::builder(threshold)
         .resolution(Duration::from_millis(1))
         .recapture_at([])
-        .sink(collect.clone());
+        .sink(collect.clone())
+        .build()
+        .unwrap();
     let app = Router::new()
         .route(
             "/a/{ms}",
@@ -507,10 +513,12 @@ impl Sink for SlowSink {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_report_queue_drops_and_counts() {
     init_tracing();
-    let watchdog = WatchdogLayer::new(Duration::from_millis(50))
+    let watchdog = WatchdogLayer::builder(Duration::from_millis(50))
         .recapture_at([])
         .queue_capacity(1)
-        .sink(SlowSink);
+        .sink(SlowSink)
+        .build()
+        .unwrap();
     let app = Router::new()
         .route(
             "/slow",
@@ -540,7 +548,7 @@ async fn a_full_report_queue_drops_and_counts() {
 
 #[test]
 fn bad_configuration_fails_when_built() {
-    assert!(WatchdogLayer::try_new(Duration::ZERO).is_err());
+    assert!(WatchdogLayer::builder(Duration::ZERO).build().is_err());
     let dir = temp_dir("not-a-dir");
     let file = dir.join("file");
     std::fs::write(&file, b"x").unwrap();
@@ -561,9 +569,11 @@ async fn stack_capture_can_be_switched_off() {
             }),
         )
         .layer(
-            WatchdogLayer::new(THRESHOLD)
+            WatchdogLayer::builder(THRESHOLD)
                 .capture_stacks(false)
-                .sink(collect.clone()),
+                .sink(collect.clone())
+                .build()
+                .unwrap(),
         );
     let addr = serve(app).await;
     assert_eq!(http_get(addr, "/block", &[]).await.0, 200);

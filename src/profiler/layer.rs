@@ -43,7 +43,7 @@ pub struct Profiled {
     pub mode: Mode,
 }
 
-pub use crate::error::ConfigError;
+use crate::error::ConfigError;
 
 /// Configuration shared by every service of one layer.
 #[derive(Clone)]
@@ -104,8 +104,8 @@ impl State {
 /// A layer that turns an authorized request carrying `?__profile__` into a flamegraph of that
 /// one request.
 ///
-/// See the [module docs](super) for what it does and an example. The layer holds
-/// configuration and the count of running profiles, which its clones share.
+/// See the [module docs](super) for what it does and an example. A built layer holds its
+/// checked configuration and the count of running profiles, which its clones share.
 #[derive(Clone)]
 pub struct ProfilerLayer {
     config: Arc<Config>,
@@ -118,98 +118,125 @@ impl Default for ProfilerLayer {
     }
 }
 
-impl ProfilerLayer {
-    /// Default query parameter that triggers a profile: `__profile__`.
-    pub const DEFAULT_PARAM: &'static str = "__profile__";
-    /// Default header that triggers a profile: `x-vigil-profile`.
-    pub const DEFAULT_HEADER: &'static str = "x-vigil-profile";
-    /// Default sampling rate, 997 Hz: about a thousand samples per second of request, enough
-    /// for a useful graph of a 100 ms request, for a slowdown of a CPU-bound request within a
-    /// few percent (`benches/profiler.rs`); a prime, so that sampling does not run in lockstep
-    /// with periodic work at round rates.
-    pub const DEFAULT_RATE_HZ: u32 = 997;
-    /// Highest sampling rate accepted.
-    pub const MAX_RATE_HZ: u32 = 10_000;
-    /// Default longest time a profile samples a request answered at once: 30 s, which is
-    /// within the usual proxy timeouts.
-    pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(30);
-    /// Default longest time a background profile samples its request: 10 minutes.
-    pub const DEFAULT_BACKGROUND_MAX_DURATION: Duration = Duration::from_secs(600);
-    /// Default number of profiles that may run at once: 1.
-    pub const DEFAULT_MAX_CONCURRENT: usize = 1;
-    /// Most profiles that can run at once in one process, whatever the configuration.
-    pub const MAX_CONCURRENT_LIMIT: usize = crate::stack::MAX_SAMPLER_SESSIONS;
-    /// Default number of background profiles kept in the output directory: 50.
-    pub const DEFAULT_RETAIN: usize = 50;
-    /// Default path of the index of background profiles: `/__vigil/profiles`.
-    pub const DEFAULT_INDEX_PATH: &'static str = "/__vigil/profiles";
+/// Highest sampling rate accepted.
+const MAX_RATE_HZ: u32 = 10_000;
 
-    /// A profiler that profiles nothing until [`ProfilerLayer::authorize`] is given.
+impl ProfilerLayer {
+    /// A profiler with every setting at its default, that profiles nothing until
+    /// [`ProfilerLayer::authorize`] is given.
     pub fn new() -> Self {
         Self {
-            config: Arc::new(Config {
-                enabled: false,
-                param: Self::DEFAULT_PARAM.to_owned(),
-                header: Some(HeaderName::from_static(Self::DEFAULT_HEADER)),
-                authorize: Arc::new(DenyAll),
-                mode: Mode::default(),
-                rate_hz: Self::DEFAULT_RATE_HZ,
-                max_duration: Self::DEFAULT_MAX_DURATION,
-                background_max_duration: Self::DEFAULT_BACKGROUND_MAX_DURATION,
-                max_concurrent: Self::DEFAULT_MAX_CONCURRENT,
-                collapse: true,
-                output_dir: std::env::temp_dir().join("tower-vigil-profiles"),
-                retain: Self::DEFAULT_RETAIN,
-                index_path: Self::DEFAULT_INDEX_PATH.to_owned(),
-            }),
+            config: Arc::new(Config::default()),
             state: Arc::new(State::default()),
         }
     }
 
-    fn config(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.config)
+    /// A builder for every setting; [`ProfilerBuilder::build`] checks them.
+    pub fn builder() -> ProfilerBuilder {
+        ProfilerBuilder {
+            config: Config::default(),
+        }
     }
 
     /// Who may profile: a closure over the request's parts, [`super::SharedSecret`],
     /// [`super::RequireExtension`], or any [`Authorize`]. Default: [`DenyAll`], so nothing
     /// is profiled until this is set.
     pub fn authorize(mut self, authorize: impl Authorize) -> Self {
-        self.config().authorize = Arc::new(authorize);
-        self.config().enabled = true;
+        let config = Arc::make_mut(&mut self.config);
+        config.authorize = Arc::new(authorize);
+        config.enabled = true;
         self
     }
 
-    /// The query parameter that triggers a profile. Default: [`ProfilerLayer::DEFAULT_PARAM`].
-    /// It is matched exactly, case-sensitively and without percent-decoding.
-    ///
-    /// # Panics
-    ///
-    /// If `name` is empty or has a character other than ASCII letters, digits, `-`, `.`, `_`
-    /// and `~` (the characters a URL never needs to encode).
+    /// The trigger's query parameter.
+    pub fn param(&self) -> &str {
+        &self.config.param
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            param: "__profile__".to_owned(),
+            header: Some(HeaderName::from_static(DEFAULT_HEADER)),
+            authorize: Arc::new(DenyAll),
+            mode: Mode::default(),
+            // About a thousand samples per second of request: enough for a useful graph of a
+            // 100 ms request, for a slowdown within a few percent (`benches/profiler.rs`); a
+            // prime, so sampling does not run in lockstep with periodic work.
+            rate_hz: 997,
+            max_duration: Duration::from_secs(30),
+            background_max_duration: Duration::from_secs(600),
+            max_concurrent: 1,
+            collapse: true,
+            output_dir: std::env::temp_dir().join("tower-vigil-profiles"),
+            retain: 50,
+            index_path: "/__vigil/profiles".to_owned(),
+        }
+    }
+}
+
+const DEFAULT_HEADER: &str = "x-vigil-profile";
+
+/// Configures a [`ProfilerLayer`]; made by [`ProfilerLayer::builder`]. Setters never panic:
+/// [`ProfilerBuilder::build`] checks every value and names the one at fault.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_vigil::profiler::{Mode, ProfilerLayer, SharedSecret};
+///
+/// let profiler = ProfilerLayer::builder()
+///     .authorize(SharedSecret::new("s3cret-token"))
+///     .mode(Mode::CpuTime)
+///     .max_duration(Duration::from_secs(10))
+///     .build()?;
+/// assert_eq!(profiler.param(), "__profile__");
+///
+/// let error = ProfilerLayer::builder().rate_hz(0).build().unwrap_err();
+/// assert_eq!(error.field(), "profiler.rate_hz");
+/// # Ok::<(), tower_vigil::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct ProfilerBuilder {
+    config: Config,
+}
+
+impl fmt::Debug for ProfilerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        debug_config(f.debug_struct("ProfilerBuilder"), &self.config)
+    }
+}
+
+impl ProfilerBuilder {
+    /// Who may profile; see [`ProfilerLayer::authorize`]. Default: nobody.
+    pub fn authorize(mut self, authorize: impl Authorize) -> Self {
+        self.config.authorize = Arc::new(authorize);
+        self.config.enabled = true;
+        self
+    }
+
+    /// The query parameter that triggers a profile. Default: `__profile__`. It is matched
+    /// exactly, case-sensitively and without percent-decoding, so it must be non-empty and use
+    /// only ASCII letters, digits, `-`, `.`, `_` and `~` (what a URL never encodes).
     pub fn param(mut self, name: impl Into<String>) -> Self {
-        let name = name.into();
-        let unreserved = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
-        assert!(
-            !name.is_empty() && name.chars().all(unreserved),
-            "ProfilerLayer::param: {name:?} must be non-empty and use only ASCII letters, digits, '-', '.', '_' and '~'"
-        );
-        self.config().param = name;
+        self.config.param = name.into();
         self
     }
 
     /// The header that triggers a profile, with the same values as the parameter.
-    /// Default: [`ProfilerLayer::DEFAULT_HEADER`].
+    /// Default: `x-vigil-profile`.
     pub fn header(mut self, name: HeaderName) -> Self {
-        self.config().header = Some(name);
+        self.config.header = Some(name);
         self
     }
 
     /// Whether the header triggers profiles at all. Default: true.
     pub fn header_trigger(mut self, enabled: bool) -> Self {
         if !enabled {
-            self.config().header = None;
+            self.config.header = None;
         } else if self.config.header.is_none() {
-            self.config().header = Some(HeaderName::from_static(Self::DEFAULT_HEADER));
+            self.config.header = Some(HeaderName::from_static(DEFAULT_HEADER));
         }
         self
     }
@@ -217,80 +244,38 @@ impl ProfilerLayer {
     /// What is measured when the trigger does not say (`=wall` or `=cpu`).
     /// Default: [`Mode::WallClock`].
     pub fn mode(mut self, mode: Mode) -> Self {
-        self.config().mode = mode;
+        self.config.mode = mode;
         self
     }
 
-    /// Samples per second. Default: [`ProfilerLayer::DEFAULT_RATE_HZ`]. In CPU-time mode the
-    /// kernel fires CPU timers at its tick (often 250 Hz); missed periods are counted in the
-    /// next sample, so the graph's proportions hold at any rate.
-    ///
-    /// # Panics
-    ///
-    /// If `hz` is 0 or above [`ProfilerLayer::MAX_RATE_HZ`]; see
-    /// [`ProfilerLayer::try_rate_hz`].
-    pub fn rate_hz(self, hz: u32) -> Self {
-        self.try_rate_hz(hz)
-            .unwrap_or_else(|error| panic!("ProfilerLayer::rate_hz: {error}"))
+    /// Samples per second, from 1 to 10 000. Default: 997. In CPU-time mode the kernel fires
+    /// CPU timers at its tick (often 250 Hz); missed periods are counted in the next sample,
+    /// so the graph's proportions hold at any rate.
+    pub fn rate_hz(mut self, hz: u32) -> Self {
+        self.config.rate_hz = hz;
+        self
     }
 
-    /// Like [`ProfilerLayer::rate_hz`], returning an error for a rate out of range.
-    pub fn try_rate_hz(mut self, hz: u32) -> Result<Self, ConfigError> {
-        if hz == 0 || hz > Self::MAX_RATE_HZ {
-            return Err(ConfigError::new(format!(
-                "sampling rate must be between 1 and {} Hz, got {hz}",
-                Self::MAX_RATE_HZ
-            )));
-        }
-        self.config().rate_hz = hz;
-        Ok(self)
-    }
-
-    /// Longest time a profile answered at once samples its request. Past it, sampling stops,
-    /// the partial profile is returned marked as such, and the request is cancelled at its next
-    /// await point. Default: [`ProfilerLayer::DEFAULT_MAX_DURATION`].
-    ///
-    /// # Panics
-    ///
-    /// If `limit` is zero.
+    /// Longest time a profile answered at once samples its request (more than zero). Past
+    /// it, sampling stops, the partial profile is returned marked as such, and the request is
+    /// cancelled at its next await point. Default: 30 s, within the usual proxy timeouts.
     pub fn max_duration(mut self, limit: Duration) -> Self {
-        assert!(
-            !limit.is_zero(),
-            "ProfilerLayer::max_duration must be greater than zero"
-        );
-        self.config().max_duration = limit;
+        self.config.max_duration = limit;
         self
     }
 
-    /// Longest time a background profile samples its request.
-    /// Default: [`ProfilerLayer::DEFAULT_BACKGROUND_MAX_DURATION`].
-    ///
-    /// # Panics
-    ///
-    /// If `limit` is zero.
+    /// Longest time a background profile samples its request (more than zero).
+    /// Default: 10 minutes.
     pub fn background_max_duration(mut self, limit: Duration) -> Self {
-        assert!(
-            !limit.is_zero(),
-            "ProfilerLayer::background_max_duration must be greater than zero"
-        );
-        self.config().background_max_duration = limit;
+        self.config.background_max_duration = limit;
         self
     }
 
-    /// How many profiles may run at once; more get `429 Too Many Requests`. A profile's place
-    /// is freed when its request has finished, even after a partial profile.
-    /// Default: [`ProfilerLayer::DEFAULT_MAX_CONCURRENT`].
-    ///
-    /// # Panics
-    ///
-    /// If `limit` is 0 or above [`ProfilerLayer::MAX_CONCURRENT_LIMIT`].
+    /// How many profiles may run at once, from 1 to the process-wide limit of sampler
+    /// sessions; more get `429 Too Many Requests`. A profile's place is freed when its request
+    /// has finished, even after a partial profile. Default: 1.
     pub fn max_concurrent(mut self, limit: usize) -> Self {
-        assert!(
-            (1..=Self::MAX_CONCURRENT_LIMIT).contains(&limit),
-            "ProfilerLayer::max_concurrent must be between 1 and {}, got {limit}",
-            Self::MAX_CONCURRENT_LIMIT
-        );
-        self.config().max_concurrent = limit;
+        self.config.max_concurrent = limit;
         self
     }
 
@@ -299,63 +284,119 @@ impl ProfilerLayer {
     /// `[std, tokio, hyper]`. The innermost run is always kept. Default: true, since the
     /// application's frames are what an admin looks for.
     pub fn collapse_framework_frames(mut self, collapse: bool) -> Self {
-        self.config().collapse = collapse;
+        self.config.collapse = collapse;
         self
     }
 
     /// Where background profiles are written. Default: `tower-vigil-profiles` in the system's
     /// temporary directory. Created when the first background profile is written.
     pub fn output_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.config().output_dir = dir.into();
+        self.config.output_dir = dir.into();
         self
     }
 
-    /// How many background profiles are kept; older ones are deleted.
-    /// Default: [`ProfilerLayer::DEFAULT_RETAIN`].
-    ///
-    /// # Panics
-    ///
-    /// If `count` is zero.
+    /// How many background profiles are kept (at least 1); older ones are deleted.
+    /// Default: 50.
     pub fn retain(mut self, count: usize) -> Self {
-        assert!(count > 0, "ProfilerLayer::retain must be at least 1");
-        self.config().retain = count;
+        self.config.retain = count;
         self
     }
 
     /// Path of the index of background profiles, served to authorized requests only (others
-    /// reach the application). Default: [`ProfilerLayer::DEFAULT_INDEX_PATH`].
-    ///
-    /// # Panics
-    ///
-    /// If `path` does not start with `/` or ends with `/`.
+    /// reach the application). It starts with `/` and does not end with one.
+    /// Default: `/__vigil/profiles`.
     pub fn index_path(mut self, path: impl Into<String>) -> Self {
-        let path = path.into();
-        assert!(
-            path.starts_with('/') && path.len() > 1 && !path.ends_with('/'),
-            "ProfilerLayer::index_path: {path:?} must start with '/' and not end with '/'"
-        );
-        self.config().index_path = path;
+        self.config.index_path = path.into();
         self
     }
+
+    /// Checks every setting.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting.
+    pub fn build(self) -> Result<ProfilerLayer, ConfigError> {
+        let c = &self.config;
+        let unreserved = |ch: char| ch.is_ascii_alphanumeric() || "-._~".contains(ch);
+        if c.param.is_empty() || !c.param.chars().all(unreserved) {
+            return Err(ConfigError::invalid(
+                "profiler.param",
+                &c.param,
+                "must be non-empty and use only ASCII letters, digits, '-', '.', '_' and '~'",
+            ));
+        }
+        if c.rate_hz == 0 || c.rate_hz > MAX_RATE_HZ {
+            return Err(ConfigError::invalid(
+                "profiler.rate_hz",
+                c.rate_hz,
+                format!("must be between 1 and {MAX_RATE_HZ}"),
+            ));
+        }
+        for (field, limit) in [
+            ("profiler.max_duration", c.max_duration),
+            (
+                "profiler.background_max_duration",
+                c.background_max_duration,
+            ),
+        ] {
+            if limit.is_zero() {
+                return Err(ConfigError::invalid(
+                    field,
+                    "0s",
+                    "must be greater than zero",
+                ));
+            }
+        }
+        let most = crate::stack::MAX_SAMPLER_SESSIONS;
+        if !(1..=most).contains(&c.max_concurrent) {
+            return Err(ConfigError::invalid(
+                "profiler.max_concurrent",
+                c.max_concurrent,
+                format!("must be between 1 and {most}"),
+            ));
+        }
+        if c.retain == 0 {
+            return Err(ConfigError::invalid(
+                "profiler.retain",
+                0,
+                "must be at least 1",
+            ));
+        }
+        let path = &c.index_path;
+        if !(path.starts_with('/') && path.len() > 1 && !path.ends_with('/')) {
+            return Err(ConfigError::invalid(
+                "profiler.index_path",
+                path,
+                "must start with '/' and not end with '/'",
+            ));
+        }
+        Ok(ProfilerLayer {
+            config: Arc::new(self.config),
+            state: Arc::new(State::default()),
+        })
+    }
+}
+
+fn debug_config(mut debug: fmt::DebugStruct<'_, '_>, c: &Config) -> fmt::Result {
+    debug
+        .field("enabled", &c.enabled)
+        .field("param", &c.param)
+        .field("header", &c.header)
+        .field("mode", &c.mode)
+        .field("rate_hz", &c.rate_hz)
+        .field("max_duration", &c.max_duration)
+        .field("background_max_duration", &c.background_max_duration)
+        .field("max_concurrent", &c.max_concurrent)
+        .field("collapse", &c.collapse)
+        .field("output_dir", &c.output_dir)
+        .field("retain", &c.retain)
+        .field("index_path", &c.index_path)
+        .finish_non_exhaustive()
 }
 
 impl fmt::Debug for ProfilerLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.config;
-        f.debug_struct("ProfilerLayer")
-            .field("enabled", &c.enabled)
-            .field("param", &c.param)
-            .field("header", &c.header)
-            .field("mode", &c.mode)
-            .field("rate_hz", &c.rate_hz)
-            .field("max_duration", &c.max_duration)
-            .field("background_max_duration", &c.background_max_duration)
-            .field("max_concurrent", &c.max_concurrent)
-            .field("collapse", &c.collapse)
-            .field("output_dir", &c.output_dir)
-            .field("retain", &c.retain)
-            .field("index_path", &c.index_path)
-            .finish_non_exhaustive()
+        debug_config(f.debug_struct("ProfilerLayer"), &self.config)
     }
 }
 
@@ -372,29 +413,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rates_out_of_range_are_configuration_errors() {
-        assert!(ProfilerLayer::new().try_rate_hz(0).is_err());
-        let error = ProfilerLayer::new().try_rate_hz(10_001).unwrap_err();
+    fn bad_settings_are_configuration_errors_naming_the_field() {
+        let field = |b: ProfilerBuilder| b.build().unwrap_err().field().to_owned();
+        assert_eq!(
+            field(ProfilerLayer::builder().rate_hz(0)),
+            "profiler.rate_hz"
+        );
+        let error = ProfilerLayer::builder()
+            .rate_hz(10_001)
+            .build()
+            .unwrap_err();
         assert!(error.to_string().contains("between 1 and 10000"), "{error}");
-        assert!(ProfilerLayer::new().try_rate_hz(10_000).is_ok());
-    }
-
-    #[test]
-    #[should_panic(expected = "sampling rate must be between")]
-    fn the_infallible_builder_panics_on_a_zero_rate() {
-        let _ = ProfilerLayer::new().rate_hz(0);
-    }
-
-    #[test]
-    #[should_panic(expected = "max_concurrent")]
-    fn concurrency_is_bounded() {
-        let _ = ProfilerLayer::new().max_concurrent(ProfilerLayer::MAX_CONCURRENT_LIMIT + 1);
-    }
-
-    #[test]
-    #[should_panic(expected = "must be non-empty")]
-    fn parameter_names_need_no_encoding() {
-        let _ = ProfilerLayer::new().param("a b");
+        assert!(ProfilerLayer::builder().rate_hz(10_000).build().is_ok());
+        assert_eq!(
+            field(ProfilerLayer::builder().max_concurrent(crate::stack::MAX_SAMPLER_SESSIONS + 1)),
+            "profiler.max_concurrent"
+        );
+        assert_eq!(
+            field(ProfilerLayer::builder().param("a b")),
+            "profiler.param"
+        );
+        assert_eq!(field(ProfilerLayer::builder().retain(0)), "profiler.retain");
+        assert_eq!(
+            field(ProfilerLayer::builder().index_path("/x/")),
+            "profiler.index_path"
+        );
+        assert_eq!(
+            field(ProfilerLayer::builder().max_duration(Duration::ZERO)),
+            "profiler.max_duration"
+        );
     }
 
     #[test]

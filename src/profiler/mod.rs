@@ -79,9 +79,11 @@
 //! # async fn main() {
 //! let service = ServiceBuilder::new()
 //!     .layer(
-//!         ProfilerLayer::new()
+//!         ProfilerLayer::builder()
 //!             .authorize(SharedSecret::new("a long random secret"))
-//!             .mode(Mode::CpuTime),
+//!             .mode(Mode::CpuTime)
+//!             .build()
+//!             .unwrap(),
 //!     )
 //!     .service(service_fn(|_: Request<String>| async {
 //!         Ok::<_, Infallible>(Response::new(String::from("page")))
@@ -134,7 +136,7 @@ mod trigger;
 pub use self::authorize::{Authorize, DenyAll, RequireExtension, SharedSecret};
 pub use self::body::ProfilerBody;
 pub use self::future::ResponseFuture;
-pub use self::layer::{ConfigError, Mode, Profiled, ProfilerLayer};
+pub use self::layer::{Mode, Profiled, ProfilerBuilder, ProfilerLayer};
 pub use self::service::Profiler;
 
 #[cfg(test)]

@@ -106,7 +106,12 @@ async fn profiled_request_is_exempt() {
             Ok::<_, Infallible>(Response::new(String::from("page")))
         }
     });
-    let service = admin_layer().mode(Mode::CpuTime).layer(inner);
+    let service = ProfilerLayer::builder()
+        .authorize(SharedSecret::new("secret-0123456789"))
+        .mode(Mode::CpuTime)
+        .build()
+        .unwrap()
+        .layer(inner);
     let request = Request::get("/x?a=1&__profile__=json")
         .header("x-vigil-secret", "secret-0123456789")
         .body(String::new())

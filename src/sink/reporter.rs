@@ -3,15 +3,55 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::Sink;
+use crate::capture_shim::PendingCapture;
 use crate::report::{
     rfc3339, Completion, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus,
     ThreadInfo,
 };
-use crate::stack::{self, RawStack};
+use crate::stack::{self, CaptureError, RawStack};
+
+/// The stack of a report: known when the monitor handed it over, or a capture whose signal
+/// went out and whose answer the reporter waits for, so the monitor never waits on a thread.
+pub(crate) enum StackEvidence {
+    Known(Result<RawStack, StackStatus>),
+    Awaited {
+        capture: PendingCapture,
+        deadline: Instant,
+        timeout: Duration,
+    },
+}
+
+impl StackEvidence {
+    fn resolve(self, counters: &DeliveryCounters) -> Result<RawStack, StackStatus> {
+        let (capture, deadline, timeout) = match self {
+            StackEvidence::Known(known) => return known,
+            StackEvidence::Awaited {
+                capture,
+                deadline,
+                timeout,
+            } => (capture, deadline, timeout),
+        };
+        capture.wait_until(deadline).map_err(|error| match error {
+            CaptureError::PollEnded => StackStatus::PollEnded,
+            CaptureError::TimedOut { .. } => {
+                counters.capture_timeouts.fetch_add(1, Ordering::Relaxed);
+                StackStatus::TimedOut {
+                    waited_ms: timeout.as_millis() as u64,
+                }
+            }
+            CaptureError::ThreadGone => StackStatus::ThreadGone,
+            CaptureError::NoFreeSlot => StackStatus::Unavailable {
+                reason: "every capture slot is waiting for a handler that did not finish"
+                    .to_owned(),
+            },
+            CaptureError::Unavailable(reason) => StackStatus::Unavailable { reason },
+        })
+    }
+}
 
 /// Everything the monitor collected about a request, before symbolization.
 pub(crate) struct PendingReport {
@@ -29,14 +69,14 @@ pub(crate) struct PendingReport {
     pub(crate) host: Option<String>,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) thread: Option<ThreadInfo>,
-    pub(crate) stack: Result<RawStack, StackStatus>,
+    pub(crate) stack: StackEvidence,
     pub(crate) spans: SpanTree,
     pub(crate) completion: Option<Completion>,
 }
 
 impl PendingReport {
-    fn into_report(self) -> SlowRequestReport {
-        let (stack_status, stack) = match self.stack {
+    fn into_report(self, counters: &DeliveryCounters) -> SlowRequestReport {
+        let (stack_status, stack) = match self.stack.resolve(counters) {
             Ok(raw) => (StackStatus::Captured, stack::resolve(&raw)),
             Err(status) => (status, Vec::new()),
         };
@@ -79,24 +119,53 @@ pub(crate) struct DeliveryCounters {
     pub(crate) delivered: AtomicU64,
     pub(crate) sink_failures: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    pub(crate) capture_timeouts: AtomicU64,
 }
+
+/// The sinks of one watchdog; more can be added while it runs.
+pub(crate) type SinkList = Arc<RwLock<Vec<Arc<dyn Sink>>>>;
 
 /// Handle to the reporter thread; the thread ends when the handle is dropped and the queue is
 /// drained.
 pub(crate) struct Reporter {
     queue: SyncSender<Message>,
     pub(crate) counters: Arc<DeliveryCounters>,
+    pub(crate) sinks: SinkList,
 }
 
 impl Reporter {
     pub(crate) fn start(sinks: Vec<Arc<dyn Sink>>, capacity: usize) -> std::io::Result<Self> {
         let (queue, receiver) = mpsc::sync_channel(capacity);
         let counters = Arc::new(DeliveryCounters::default());
+        let sinks: SinkList = Arc::new(RwLock::new(sinks));
         let thread_counters = counters.clone();
+        let thread_sinks = sinks.clone();
         std::thread::Builder::new()
             .name("vigil-reporter".into())
-            .spawn(move || run(receiver, sinks, thread_counters))?;
-        Ok(Self { queue, counters })
+            .spawn(move || run(receiver, thread_sinks, thread_counters))?;
+        Ok(Self {
+            queue,
+            counters,
+            sinks,
+        })
+    }
+
+    /// Adds a sink for every report from now on.
+    pub(crate) fn add_sink(&self, sink: Arc<dyn Sink>) {
+        self.sinks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sink);
+    }
+
+    /// Names of the sinks, for `Debug`.
+    pub(crate) fn sink_names(&self) -> Vec<String> {
+        self.sinks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|sink| sink.name().to_owned())
+            .collect()
     }
 
     /// Queues a report without blocking; a full queue drops it and counts the drop.
@@ -140,7 +209,7 @@ impl Reporter {
     }
 }
 
-fn run(receiver: Receiver<Message>, sinks: Vec<Arc<dyn Sink>>, counters: Arc<DeliveryCounters>) {
+fn run(receiver: Receiver<Message>, sinks: SinkList, counters: Arc<DeliveryCounters>) {
     // Loading debug info takes from milliseconds to seconds for a large binary; do it now so
     // the first report is not late.
     let started = std::time::Instant::now();
@@ -150,19 +219,21 @@ fn run(receiver: Receiver<Message>, sinks: Vec<Arc<dyn Sink>>, counters: Arc<Del
         match message {
             Message::Report(pending) => {
                 let started = std::time::Instant::now();
-                let report = pending.into_report();
+                let report = pending.into_report(&counters);
                 tracing::debug!(
                     target: "tower_vigil",
                     frames = report.stack.len(),
                     elapsed = ?started.elapsed(),
                     "report symbolized"
                 );
+                let sinks = sinks.read().unwrap_or_else(|e| e.into_inner()).clone();
                 for sink in &sinks {
                     deliver(sink.as_ref(), &report, &counters);
                 }
             }
             Message::Flush { deadline, done } => {
                 let mut complete = true;
+                let sinks = sinks.read().unwrap_or_else(|e| e.into_inner()).clone();
                 for sink in &sinks {
                     let flushed =
                         std::panic::catch_unwind(AssertUnwindSafe(|| sink.flush(deadline)));

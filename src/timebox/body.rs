@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::layer::Shared;
+use super::part::DeadlinePart;
 use crate::registry::{Registration, HARD_FIRED};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,7 +41,7 @@ pin_project! {
 /// the hard deadline.
 struct BodyDeadline {
     registration: Registration,
-    shared: Arc<Shared>,
+    deadlines: Arc<DeadlinePart>,
 }
 
 impl<B> std::fmt::Debug for TimeboxBody<B> {
@@ -68,15 +68,23 @@ impl std::fmt::Debug for BodyDeadline {
 }
 
 impl<B> TimeboxBody<B> {
-    pub(crate) fn inner(body: B, deadline: Option<(Registration, Arc<Shared>)>) -> Self {
+    pub(crate) fn inner(body: B, deadline: Option<(Registration, Arc<DeadlinePart>)>) -> Self {
         Self {
             kind: Kind::Inner {
                 body,
-                deadline: deadline.map(|(registration, shared)| BodyDeadline {
+                deadline: deadline.map(|(registration, deadlines)| BodyDeadline {
                     registration,
-                    shared,
+                    deadlines,
                 }),
             },
+        }
+    }
+
+    /// The handler's own body, for layers that never answer with a timeout of their own.
+    pub(crate) fn into_handler_body(self) -> B {
+        match self.kind {
+            Kind::Inner { body, .. } => body,
+            Kind::Full { .. } => unreachable!("a layer without deadlines answered a timeout"),
         }
     }
 
@@ -86,6 +94,14 @@ impl<B> TimeboxBody<B> {
                 data: (!data.is_empty()).then_some(data),
             },
         }
+    }
+}
+
+/// An empty body, so that layers which build their own responses (tower-http's
+/// `TimeoutLayer`, `CorsLayer`, `ValidateRequestHeaderLayer`) can wrap the timebox.
+impl<B: Default> Default for TimeboxBody<B> {
+    fn default() -> Self {
+        Self::inner(B::default(), None)
     }
 }
 
@@ -120,7 +136,7 @@ where
                     slot.set_waker(cx.waker());
                     if slot.flags(guard.registration.id()) & HARD_FIRED != 0 {
                         guard
-                            .shared
+                            .deadlines
                             .counters
                             .body_timeouts
                             .fetch_add(1, Ordering::Relaxed);

@@ -64,7 +64,12 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let service = ServiceBuilder::new()
-//!     .layer(TimeboxLayer::new(Duration::from_millis(50)).resolution(Duration::from_millis(5)))
+//!     .layer(
+//!         TimeboxLayer::builder(Duration::from_millis(50))
+//!             .resolution(Duration::from_millis(5))
+//!             .build()
+//!             .unwrap(),
+//!     )
 //!     .service(service_fn(|_: Request<()>| async {
 //!         tokio::time::sleep(Duration::from_secs(10)).await;
 //!         Ok::<_, Infallible>(Response::new(String::from("too late")))
@@ -78,15 +83,18 @@
 mod body;
 mod deadline;
 mod future;
-pub(crate) mod layer;
+mod layer;
+pub(crate) mod part;
 mod service;
-mod shed;
+pub(crate) mod shed;
 
 pub use self::body::{BodyDeadlineElapsed, TimeboxBody};
 pub use self::deadline::{
     spawn_blocking, timebox, Deadline, DeadlineKind, Elapsed, Quota, Timeboxed,
 };
+pub(crate) use self::deadline::{ActiveDeadline, DeadlineScope};
 pub use self::future::ResponseFuture;
-pub use self::layer::{InlineTimeboxLayer, TimeboxLayer, TimeboxStats};
+pub use self::layer::{InlineTimeboxLayer, TimeboxBuilder, TimeboxLayer, TimeboxStats};
 pub use self::service::{InlineTimebox, Timebox};
 pub use self::shed::REQUEST_START_HEADER;
+pub use crate::config::TimeboxConfig;

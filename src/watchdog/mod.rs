@@ -58,9 +58,11 @@
 //! ```
 
 mod future;
-pub(crate) mod layer;
+mod layer;
+pub(crate) mod part;
 mod service;
 
 pub use self::future::ResponseFuture;
-pub use self::layer::{ConfigError, WatchdogLayer, WatchdogStats};
+pub use self::layer::{WatchdogBuilder, WatchdogLayer, WatchdogStats};
 pub use self::service::Watchdog;
+pub use crate::config::WatchdogConfig;

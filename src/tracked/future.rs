@@ -1,0 +1,289 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response};
+use pin_project_lite::pin_project;
+use tokio::task::JoinHandle;
+
+use crate::registry::{PollingScope, Registration, RequestHandle, HARD_FIRED, SOFT_FIRED};
+use crate::timebox::part::DeadlinePart;
+use crate::timebox::{ActiveDeadline, DeadlineScope, TimeboxBody};
+
+pin_project! {
+    /// The response future of [`super::Tracked`], behind each layer's own `ResponseFuture`.
+    pub(crate) struct TrackedFuture<F>
+    where
+        F: Future,
+    {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F>
+    where
+        F: Future,
+    {
+        Passthrough {
+            #[pin]
+            future: F,
+        },
+        Inline {
+            #[pin]
+            future: F,
+            registration: Option<Registration>,
+            active: Option<ActiveDeadline>,
+            deadlines: Option<Arc<DeadlinePart>>,
+        },
+        Spawned {
+            task: AbortOnDrop<(F::Output, Registration)>,
+            handle: RequestHandle,
+            deadlines: Arc<DeadlinePart>,
+        },
+        Shed {
+            deadlines: Arc<DeadlinePart>,
+        },
+        Done,
+    }
+}
+
+/// Cancels the handler's task when the response future is dropped (client gone).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pin_project! {
+    /// The handler's future inside its own task: marks the polling thread and the deadline in
+    /// force around each poll, and hands the registration back with the output so the request
+    /// stays registered while its work runs, even after a 503 went out.
+    pub(crate) struct Isolated<F> {
+        #[pin]
+        future: F,
+        registration: Option<Registration>,
+        active: Option<ActiveDeadline>,
+    }
+}
+
+impl<F> Isolated<F> {
+    pub(crate) fn scope(
+        registration: &Registration,
+        active: Option<ActiveDeadline>,
+    ) -> (PollingScope<'_>, Option<DeadlineScope>) {
+        (
+            PollingScope::enter(registration),
+            active.map(DeadlineScope::enter),
+        )
+    }
+}
+
+impl<F: Future> Future for Isolated<F> {
+    type Output = (F::Output, Registration);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let registration = this.registration.as_ref().expect("polled after completion");
+        let output = {
+            let _scope = Self::scope(registration, *this.active);
+            ready!(this.future.poll(cx))
+        };
+        let registration = this.registration.take().expect("checked above");
+        Poll::Ready((output, registration))
+    }
+}
+
+impl<F: Future> TrackedFuture<F> {
+    pub(crate) fn passthrough(future: F) -> Self {
+        Self {
+            state: State::Passthrough { future },
+        }
+    }
+
+    pub(crate) fn shed(deadlines: Arc<DeadlinePart>) -> Self {
+        Self {
+            state: State::Shed { deadlines },
+        }
+    }
+
+    pub(crate) fn inline(
+        future: F,
+        registration: Registration,
+        active: Option<ActiveDeadline>,
+        deadlines: Option<Arc<DeadlinePart>>,
+    ) -> Self {
+        Self {
+            state: State::Inline {
+                future,
+                registration: Some(registration),
+                active,
+                deadlines,
+            },
+        }
+    }
+
+    pub(crate) fn spawned(
+        future: F,
+        registration: Registration,
+        active: Option<ActiveDeadline>,
+        deadlines: Arc<DeadlinePart>,
+    ) -> Self
+    where
+        F: Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handle = registration.handle();
+        let task = tokio::spawn(Isolated {
+            future,
+            registration: Some(registration),
+            active,
+        });
+        Self {
+            state: State::Spawned {
+                task: AbortOnDrop(task),
+                handle,
+                deadlines,
+            },
+        }
+    }
+}
+
+fn timeout_response<B>(deadlines: &DeadlinePart) -> Response<TimeboxBody<B>> {
+    let mut response = Response::new(TimeboxBody::full(deadlines.response.body.clone()));
+    *response.status_mut() = deadlines.response.status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(retry_after) = &deadlines.response.retry_after {
+        headers.insert(RETRY_AFTER, retry_after.clone());
+    }
+    response
+}
+
+fn finish<B, E>(
+    output: Result<Response<B>, E>,
+    registration: Registration,
+    deadlines: Option<&Arc<DeadlinePart>>,
+) -> Result<Response<TimeboxBody<B>>, E> {
+    let Some(deadlines) = deadlines else {
+        let response = output?;
+        registration.set_status(response.status().as_u16());
+        return Ok(response.map(|body| TimeboxBody::inner(body, None)));
+    };
+    let flags = registration.slot().flags(registration.id());
+    if flags & SOFT_FIRED != 0 && flags & HARD_FIRED == 0 {
+        deadlines
+            .counters
+            .soft_honoured
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let response = output?;
+    registration.set_status(response.status().as_u16());
+    let (parts, body) = response.into_parts();
+    let guard = deadlines
+        .body_deadline
+        .then(|| (registration, deadlines.clone()));
+    Ok(Response::from_parts(parts, TimeboxBody::inner(body, guard)))
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TimeboxBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        match state.as_mut().project() {
+            StateProj::Passthrough { future } => future.poll(cx).map(|output| {
+                output.map(|response| response.map(|body| TimeboxBody::inner(body, None)))
+            }),
+            StateProj::Shed { deadlines } => {
+                let response = timeout_response(deadlines);
+                state.set(State::Done);
+                Poll::Ready(Ok(response))
+            }
+            StateProj::Inline {
+                future,
+                registration,
+                active,
+                deadlines,
+            } => {
+                let held = registration.as_ref().expect("polled after completion");
+                if let Some(part) = deadlines {
+                    let slot = held.slot();
+                    slot.set_waker(cx.waker());
+                    if slot.flags(held.id()) & HARD_FIRED != 0 {
+                        part.counters.hard_timeouts.fetch_add(1, Ordering::Relaxed);
+                        let response = timeout_response(part);
+                        held.set_status(response.status().as_u16());
+                        // Drops the handler's future in place: its destructors run now.
+                        state.set(State::Done);
+                        return Poll::Ready(Ok(response));
+                    }
+                }
+                let output = {
+                    let _scope = Isolated::<F>::scope(held, *active);
+                    ready!(future.poll(cx))
+                };
+                let registration = registration.take().expect("checked above");
+                let deadlines = deadlines.clone();
+                state.set(State::Done);
+                Poll::Ready(finish(output, registration, deadlines.as_ref()))
+            }
+            StateProj::Spawned {
+                task,
+                handle,
+                deadlines,
+            } => {
+                // The task's own result comes first: a task that ended (or panicked) released
+                // its slot, and the slot's flags may already describe another request.
+                if let Poll::Ready(joined) = Pin::new(&mut task.0).poll(cx) {
+                    let deadlines = deadlines.clone();
+                    state.set(State::Done);
+                    return match joined {
+                        Ok((output, registration)) => {
+                            Poll::Ready(finish(output, registration, Some(&deadlines)))
+                        }
+                        Err(error) if error.is_panic() => {
+                            std::panic::resume_unwind(error.into_panic())
+                        }
+                        // Cancelled from outside, for instance by a runtime shutting down.
+                        Err(_) => Poll::Ready(Ok(timeout_response(&deadlines))),
+                    };
+                }
+                handle.slot.set_waker(cx.waker());
+                match handle.current_flags() {
+                    // The task ended between the two looks; the join handle wakes us with its
+                    // result.
+                    None => Poll::Pending,
+                    Some(flags) if flags & HARD_FIRED != 0 => {
+                        deadlines
+                            .counters
+                            .hard_timeouts
+                            .fetch_add(1, Ordering::Relaxed);
+                        let response = timeout_response(deadlines);
+                        handle.set_status(response.status().as_u16());
+                        // Dropping the task handle aborts the task: the handler's future is
+                        // dropped at its next await point, or when a blocked thread returns to
+                        // the runtime.
+                        state.set(State::Done);
+                        Poll::Ready(Ok(response))
+                    }
+                    Some(_) => Poll::Pending,
+                }
+            }
+            StateProj::Done => panic!("tower-vigil ResponseFuture polled after completion"),
+        }
+    }
+}
