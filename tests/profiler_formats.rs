@@ -18,7 +18,7 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower_vigil::profiler::{ProfilerLayer, SharedSecret};
+use tower_vigil::profiler::{ProfilerBuilder, ProfilerLayer, SharedSecret};
 use tracing::Instrument;
 
 const SECRET: &str = "s3cret-for-format-tests-0123456789";
@@ -115,7 +115,11 @@ fn app() -> Router {
 }
 
 fn profiler() -> ProfilerLayer {
-    ProfilerLayer::new().authorize(SharedSecret::new(SECRET))
+    builder().build().unwrap()
+}
+
+fn builder() -> ProfilerBuilder {
+    ProfilerLayer::builder().authorize(SharedSecret::new(SECRET))
 }
 
 /// A decoder of protobuf's wire format, independent of the crate's prost structs: just enough
@@ -398,7 +402,7 @@ async fn speedscope_json_names_the_hot_function() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_links_to_its_own_profile_in_every_format() {
     let dir = temp_dir("page-links");
-    let addr = serve(app().layer(profiler().output_dir(&dir))).await;
+    let addr = serve(app().layer(builder().output_dir(&dir).build().unwrap())).await;
     let page = fetch(addr, "/cpu?__profile__", ADMIN).await;
     assert_eq!(page.status, 200, "{}", page.text());
     let html = page.text();
@@ -473,7 +477,7 @@ async fn markup_in_the_route_and_in_frame_names_reaches_the_page_escaped() {
         ))
     });
     let dir = temp_dir("markup");
-    let addr = serve(app.layer(profiler().output_dir(&dir))).await;
+    let addr = serve(app.layer(builder().output_dir(&dir).build().unwrap())).await;
     // `<` and `>` cannot reach a service through hyper: the URI is refused before any layer
     // (the unit test in page.rs renders such a request line). Quotes and `&` can.
     let (status, _) = raw_get(addr, "/<script>alert(1)</script>?__profile__", ADMIN).await;
@@ -517,7 +521,7 @@ async fn a_long_frame_name_is_cut_with_its_full_name_in_a_tooltip() {
         }),
     );
     let dir = temp_dir("long");
-    let addr = serve(app.layer(profiler().output_dir(&dir))).await;
+    let addr = serve(app.layer(builder().output_dir(&dir).build().unwrap())).await;
     let html = fetch(addr, "/wait?__profile__", ADMIN).await.text();
     assert!(html.contains("table-layout:fixed"), "no fixed table layout");
     assert!(
@@ -534,7 +538,7 @@ async fn a_long_frame_name_is_cut_with_its_full_name_in_a_tooltip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_without_samples_says_why_in_every_format() {
     // One sample a second: a fast request is over long before the first.
-    let addr = serve(app().layer(profiler().rate_hz(1))).await;
+    let addr = serve(app().layer(builder().rate_hz(1).build().unwrap())).await;
     let mut formats = vec!["", "=html", "=folded", "=speedscope", "=pprof"];
     if cfg!(feature = "flamegraph") {
         formats.push("=svg");
@@ -612,7 +616,7 @@ const OTHER_ADMIN: &str = "another-admin-token-0123456789";
 
 fn two_admins() -> ProfilerLayer {
     // Longer than the test's patience: only cancellation frees the place in time.
-    ProfilerLayer::new()
+    ProfilerLayer::builder()
         .authorize(|parts: &http::request::Parts| {
             parts
                 .headers
@@ -620,6 +624,8 @@ fn two_admins() -> ProfilerLayer {
                 .is_some_and(|v| v == SECRET || v == OTHER_ADMIN)
         })
         .max_duration(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,16 +25,16 @@
 //! | `?__profile__=pprof` | gzip-compressed pprof `profile.proto` (`attachment; filename="profile.pb.gz"`), for `go tool pprof`, Pyroscope, Grafana and speedscope; sample types `samples/count` and `cpu/nanoseconds` or `wall/nanoseconds` by mode (feature `pprof`) |
 //! | `?__profile__=speedscope` | speedscope's JSON file format: one "sampled" profile over shared frames, weighted in nanoseconds |
 //! | `?__profile__=cpu`, `=wall`, `=svg,cpu` | the mode, alone or with a format |
-//! | `?__profile__=background` | answers at once with a page that refreshes until the profile is ready; profiles are kept in [`ProfilerLayer::output_dir`] and listed at [`ProfilerLayer::index_path`] |
+//! | `?__profile__=background` | answers at once with a page that refreshes until the profile is ready; profiles are kept in [`ProfilerBuilder::output_dir`] and listed at [`ProfilerBuilder::index_path`] |
 //!
 //! The header takes the same values (an empty value or `1` asks for the defaults). An unknown
 //! value gets `400 Bad Request`, for authorized requests only. While
-//! [`ProfilerLayer::max_concurrent`] profiles run, further ones get `429 Too Many Requests`.
-//! After [`ProfilerLayer::max_duration`], sampling stops and the partial profile is returned,
+//! [`ProfilerBuilder::max_concurrent`] profiles run, further ones get `429 Too Many Requests`.
+//! After [`ProfilerBuilder::max_duration`], sampling stops and the partial profile is returned,
 //! marked as partial (and with an `x-vigil-profile-partial: true` header).
 //!
 //! A profile viewed as a page is kept in the output directory like a background one (and
-//! counts toward [`ProfilerLayer::retain`]), so that the page's links serve that very profile
+//! counts toward [`ProfilerBuilder::retain`]), so that the page's links serve that very profile
 //! from `{index_path}/{id}.svg`, `.folded`, `.json`, `.speedscope.json` and `.pb.gz`; if it
 //! cannot be written, the page says so and its links profile the request again instead.
 //!
@@ -49,7 +49,7 @@
 //!
 //! The flamegraph is rendered with inferno, behind the `flamegraph` feature (on by default);
 //! without it the other formats remain. Pages are maud templates, which escape every value.
-
+//!
 //! # Example
 //!
 //! With axum's `Router::layer`, authorized by a closure over the request's parts:
