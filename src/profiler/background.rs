@@ -3,21 +3,24 @@
 //!
 //! Each profile `ID` is written as `ID.json`, `ID.folded`, `ID.svg` (with the `flamegraph`
 //! feature) and, last, `ID.html`, whose presence means the profile is complete. Files are
-//! written under a temporary name and renamed, so a reader never sees half a file.
+//! written under a temporary name and renamed, so a reader never sees half a file. The pprof
+//! and speedscope formats are made from `ID.json` when asked for. Profiles viewed as a page
+//! (`?__profile__`) are kept here too, so that their page can link to their other formats.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
+use maud::{html, PreEscaped, DOCTYPE};
 use serde::Deserialize;
 
 use super::fold::Profile;
 use super::layer::{Config, State};
-use super::page::{self, escape};
+use super::page::{self, Links};
 use super::runner::{Deliver, ProfileError};
+use super::trigger::Format;
 
 /// A new identifier: milliseconds since the epoch and a counter, so ids sort by age.
 pub(crate) fn new_id(state: &State) -> String {
@@ -62,7 +65,7 @@ pub(crate) fn deliver(
             stacks: Vec::new(),
         });
         profile.id = Some(id.clone());
-        if let Err(error) = write(&config.output_dir, &id, &profile) {
+        if let Err(error) = write(&config, &id, &profile) {
             tracing::warn!(target: "tower_vigil::profiler", %error, dir = %config.output_dir.display(), "cannot write background profile");
         }
         prune(&config.output_dir, config.retain);
@@ -74,7 +77,23 @@ pub(crate) fn deliver(
     })
 }
 
-fn write(dir: &Path, id: &str, profile: &Profile) -> std::io::Result<()> {
+/// Keeps a profile that is answered at once as a page; returns the page, which links to the
+/// kept formats.
+pub(crate) fn keep(
+    config: &Config,
+    state: &State,
+    profile: &mut Profile,
+) -> std::io::Result<String> {
+    let id = new_id(state);
+    profile.id = Some(id.clone());
+    let page = write(config, &id, profile)?;
+    prune(&config.output_dir, config.retain);
+    Ok(page)
+}
+
+/// Writes the profile's files; returns its page.
+fn write(config: &Config, id: &str, profile: &Profile) -> std::io::Result<String> {
+    let dir = &config.output_dir;
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_vec_pretty(profile).map_err(std::io::Error::other)?;
     write_file(dir, &format!("{id}.json"), &json)?;
@@ -87,7 +106,12 @@ fn write(dir: &Path, id: &str, profile: &Profile) -> std::io::Result<()> {
     if let Ok(svg) = super::render::svg(profile) {
         write_file(dir, &format!("{id}.svg"), svg.as_bytes())?;
     }
-    write_file(dir, &format!("{id}.html"), page::html(profile).as_bytes())
+    let links = Links::Kept {
+        base: format!("{}/{id}", config.index_path),
+    };
+    let page = page::html(profile, &links);
+    write_file(dir, &format!("{id}.html"), page.as_bytes())?;
+    Ok(page)
 }
 
 fn write_file(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
@@ -144,20 +168,27 @@ pub(crate) fn serve(config: &Config, state: &State, path: &str) -> Response<Byte
     if rest.is_empty() {
         return index_page(config, state);
     }
-    let (id, extension) = rest.split_once('.').unwrap_or((rest, "html"));
-    let content_type = match extension {
-        "html" => "text/html; charset=utf-8",
-        "svg" => "image/svg+xml",
-        "folded" => "text/plain; charset=utf-8",
-        "json" => "application/json",
-        _ => return not_found(),
+    let (id, suffix) = rest.split_once('.').unwrap_or((rest, "html"));
+    let Some(format) = Format::from_file_suffix(suffix) else {
+        return not_found();
     };
     if !valid_id(id) {
         return not_found();
     }
-    let file = config.output_dir.join(format!("{id}.{extension}"));
-    match std::fs::read(&file) {
-        Ok(contents) => page::response(StatusCode::OK, content_type, contents),
+    // The page marks a complete profile; every other format comes from its JSON.
+    let file = if format == Format::Html {
+        "html"
+    } else {
+        "json"
+    };
+    match std::fs::read(config.output_dir.join(format!("{id}.{file}"))) {
+        Ok(contents) if format == Format::Html => {
+            page::response(StatusCode::OK, "text/html; charset=utf-8", contents)
+        }
+        Ok(json) => match serde_json::from_slice::<Profile>(&json) {
+            Ok(profile) => serve_format(config, id, &profile, format),
+            Err(_) => not_found(),
+        },
         Err(_) => {
             let running = state
                 .running
@@ -166,11 +197,21 @@ pub(crate) fn serve(config: &Config, state: &State, path: &str) -> Response<Byte
                 .get(id)
                 .cloned();
             match running {
-                Some(request) if extension == "html" => page::still_running(index, id, &request),
+                Some(request) if format == Format::Html => page::still_running(index, id, &request),
                 _ => not_found(),
             }
         }
     }
+}
+
+fn serve_format(config: &Config, id: &str, profile: &Profile, format: Format) -> Response<Bytes> {
+    if format == Format::Svg && !profile.stacks.is_empty() {
+        // Rendered when it was kept; not again on a worker thread.
+        if let Ok(svg) = std::fs::read(config.output_dir.join(format!("{id}.svg"))) {
+            return page::response(StatusCode::OK, "image/svg+xml", svg);
+        }
+    }
+    page::render(profile, format, &Links::None)
 }
 
 fn not_found() -> Response<Bytes> {
@@ -178,15 +219,7 @@ fn not_found() -> Response<Bytes> {
 }
 
 fn index_page(config: &Config, state: &State) -> Response<Bytes> {
-    let index = escape(&config.index_path);
-    let mut page = format!(
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Profiles</title>\
-         <style>body{{font-family:system-ui,sans-serif;margin:1.5em}}th,td{{padding:2px 10px;\
-         text-align:left}}</style></head><body><h1>Profiles</h1><p>Kept in <code>{}</code>, \
-         at most {}.</p>",
-        escape(&config.output_dir.display().to_string()),
-        config.retain
-    );
+    let index = config.index_path.as_str();
     let mut running: Vec<(String, String)> = state
         .running
         .lock()
@@ -195,43 +228,94 @@ fn index_page(config: &Config, state: &State) -> Response<Bytes> {
         .map(|(id, request)| (id.clone(), request.clone()))
         .collect();
     running.sort();
-    if !running.is_empty() {
-        page.push_str("<h2>Running</h2><ul>");
-        for (id, request) in &running {
-            let _ = write!(
-                page,
-                "<li><a href=\"{index}/{id}\">{id}</a> <code>{}</code></li>",
-                escape(request)
-            );
+    let finished: Vec<(String, Summary)> = complete_ids(&config.output_dir)
+        .into_iter()
+        .rev()
+        .filter_map(|id| {
+            let json = std::fs::read(config.output_dir.join(format!("{id}.json"))).ok()?;
+            let summary = serde_json::from_slice::<Summary>(&json).ok()?;
+            Some((id, summary))
+        })
+        .collect();
+    let formats: Vec<Format> = [
+        Format::Svg,
+        Format::Folded,
+        Format::Json,
+        Format::Speedscope,
+        Format::Pprof,
+    ]
+    .into_iter()
+    .filter(|f| cfg!(feature = "flamegraph") || *f != Format::Svg)
+    .filter(|f| cfg!(feature = "pprof") || *f != Format::Pprof)
+    .collect();
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "Profiles" }
+                style {
+                    (PreEscaped("body{font-family:system-ui,sans-serif;margin:1.5em}\
+                                 th,td{padding:2px 10px;text-align:left}\
+                                 td a{margin-right:.6em}"))
+                }
+            }
+            body {
+                h1 { "Profiles" }
+                p {
+                    "Kept in " code { (config.output_dir.display()) } ", at most "
+                    (config.retain) "."
+                }
+                @if !running.is_empty() {
+                    h2 { "Running" }
+                    ul {
+                        @for (id, request) in &running {
+                            li { a href={ (index) "/" (id) } { (id) } " " code { (request) } }
+                        }
+                    }
+                }
+                h2 { "Finished" }
+                table {
+                    tr {
+                        th { "Profile" } th { "Request" } th { "Status" } th { "Wall time" }
+                        th { "Mode" } th { "Samples" } th { "Formats" }
+                    }
+                    @for (id, s) in &finished {
+                        tr {
+                            td { a href={ (index) "/" (id) } { (id) } }
+                            td { code { (s.request) } }
+                            td {
+                                @match s.status {
+                                    Some(code) => (code),
+                                    None => (s.outcome),
+                                }
+                            }
+                            td {
+                                (format!("{:.1} ms", s.wall_ms))
+                                @if s.partial { " (partial)" }
+                            }
+                            td { (s.mode) }
+                            td { (s.samples) }
+                            td {
+                                @if s.samples > 0 {
+                                    @for format in &formats {
+                                        a href={ (index) "/" (id) "." (format.file_suffix()) } {
+                                            (format.word())
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
-        page.push_str("</ul>");
-    }
-    page.push_str(
-        "<h2>Finished</h2><table><tr><th>Profile</th><th>Request</th><th>Status</th>\
-         <th>Wall time</th><th>Mode</th><th>Samples</th><th>Formats</th></tr>",
-    );
-    for id in complete_ids(&config.output_dir).iter().rev() {
-        let summary = std::fs::read(config.output_dir.join(format!("{id}.json")))
-            .ok()
-            .and_then(|json| serde_json::from_slice::<Summary>(&json).ok());
-        let Some(s) = summary else { continue };
-        let status = s
-            .status
-            .map_or_else(|| escape(&s.outcome), |c| c.to_string());
-        let partial = if s.partial { " (partial)" } else { "" };
-        let _ = write!(
-            page,
-            "<tr><td><a href=\"{index}/{id}\">{id}</a></td><td><code>{}</code></td><td>{status}</td>\
-             <td>{:.1} ms{partial}</td><td>{}</td><td>{}</td><td><a href=\"{index}/{id}.svg\">svg</a> \
-             <a href=\"{index}/{id}.folded\">folded</a> <a href=\"{index}/{id}.json\">json</a></td></tr>",
-            escape(&s.request),
-            s.wall_ms,
-            escape(&s.mode),
-            s.samples,
-        );
-    }
-    page.push_str("</table></body></html>");
-    page::response(StatusCode::OK, "text/html; charset=utf-8", page)
+    };
+    page::response(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        page.into_string(),
+    )
 }
 
 #[cfg(test)]

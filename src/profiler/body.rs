@@ -38,6 +38,16 @@ impl<B> ProfilerBody<B> {
     }
 }
 
+/// An empty body, for layers that answer on their own (tower-http's `TimeoutLayer`,
+/// `CorsLayer`, `ValidateRequestHeaderLayer`). Needs no `B: Default`.
+impl<B> Default for ProfilerBody<B> {
+    fn default() -> Self {
+        Self {
+            kind: Kind::Full { data: None },
+        }
+    }
+}
+
 impl<B: std::fmt::Debug> std::fmt::Debug for ProfilerBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use super::body::ProfilerBody;
 use super::page;
+use super::runner::AbandonOnDrop;
 
 pin_project! {
     /// Response future of [`super::Profiler`].
@@ -25,7 +26,8 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F> {
         Inner { #[pin] future: F },
-        Waiting { profile: oneshot::Receiver<Response<Bytes>> },
+        // Dropping the guard before the profile arrives cancels the profile.
+        Waiting { profile: oneshot::Receiver<Response<Bytes>>, guard: AbandonOnDrop },
         Ready { response: Option<Response<Bytes>> },
     }
 }
@@ -37,9 +39,12 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(crate) fn waiting(profile: oneshot::Receiver<Response<Bytes>>) -> Self {
+    pub(crate) fn waiting(
+        profile: oneshot::Receiver<Response<Bytes>>,
+        guard: AbandonOnDrop,
+    ) -> Self {
         Self {
-            kind: Kind::Waiting { profile },
+            kind: Kind::Waiting { profile, guard },
         }
     }
 
@@ -65,13 +70,17 @@ where
                     .poll(cx)
                     .map(|result| result.map(|response| response.map(ProfilerBody::inner)));
             }
-            KindProj::Waiting { profile } => match ready!(Pin::new(profile).poll(cx)) {
-                Ok(response) => response,
-                Err(_) => page::error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the profiler's controller thread ended without a profile",
-                ),
-            },
+            KindProj::Waiting { profile, guard } => {
+                let received = ready!(Pin::new(profile).poll(cx));
+                guard.disarm();
+                match received {
+                    Ok(response) => response,
+                    Err(_) => page::error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the profiler's controller thread ended without a profile",
+                    ),
+                }
+            }
             KindProj::Ready { response } => response
                 .take()
                 .expect("ResponseFuture polled after completion"),

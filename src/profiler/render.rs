@@ -3,20 +3,13 @@
 use inferno::flamegraph::{self, color, Options};
 
 use super::fold::Profile;
-use super::page::{duration_text, escape};
+use super::page::duration_text;
 
 /// The profile as a self-contained flamegraph SVG (inline script, generic font).
 pub(crate) fn svg(profile: &Profile) -> Result<String, String> {
     if profile.stacks.is_empty() {
-        // inferno refuses empty input; say why there is no graph instead.
-        return Ok(format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"800\" height=\"60\">\
-             <text x=\"10\" y=\"24\" font-family=\"monospace\" font-size=\"14\">{} — {}</text>\
-             <text x=\"10\" y=\"46\" font-family=\"monospace\" font-size=\"12\">No samples: the \
-             request finished within one sampling period.</text></svg>",
-            escape(&profile.request),
-            duration_text(profile)
-        ));
+        // inferno refuses empty input; callers say why there are no samples instead.
+        return Err("the profile has no samples".to_owned());
     }
     let mut options = Options::default();
     options.title = format!("{} — {}", profile.request, duration_text(profile));

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -59,6 +59,41 @@ impl ProfileError {
         Self {
             status,
             message: message.into(),
+        }
+    }
+}
+
+/// Set when nobody waits for the profile any more: its response future was dropped (the
+/// client went away, or an outer layer gave up).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Abandoned(Arc<AtomicBool>);
+
+impl Abandoned {
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// A guard that sets the flag when dropped, unless disarmed first.
+    pub(crate) fn on_drop(&self) -> AbandonOnDrop {
+        AbandonOnDrop(Some(self.clone()))
+    }
+}
+
+/// Sets [`Abandoned`] when dropped while armed.
+#[derive(Debug)]
+pub(crate) struct AbandonOnDrop(Option<Abandoned>);
+
+impl AbandonOnDrop {
+    /// The profile arrived: dropping the guard now abandons nothing.
+    pub(crate) fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(abandoned) = self.0.take() {
+            abandoned.0.store(true, Ordering::Release);
         }
     }
 }
@@ -300,6 +335,7 @@ pub(crate) fn spawn<S, B, RB>(
     settings: Settings,
     permit: Permit,
     deliver: Deliver,
+    abandoned: Abandoned,
 ) -> std::io::Result<()>
 where
     S: Service<Request<B>, Response = Response<RB>> + Send + 'static,
@@ -308,7 +344,7 @@ where
 {
     std::thread::Builder::new()
         .name(CONTROLLER_THREAD_NAME.into())
-        .spawn(move || control(inner, request, settings, permit, deliver))
+        .spawn(move || control(inner, request, settings, permit, deliver, abandoned))
         .map(drop)
 }
 
@@ -318,6 +354,7 @@ fn control<S, B, RB>(
     settings: Settings,
     permit: Permit,
     deliver: Deliver,
+    abandoned: Abandoned,
 ) where
     S: Service<Request<B>, Response = Response<RB>> + Send + 'static,
     B: Send + 'static,
@@ -434,6 +471,18 @@ fn control<S, B, RB>(
         match done_rx.recv_timeout(drain_every) {
             Ok(finished) => break Some(finished),
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                if abandoned.is_set() {
+                    // Nobody will read this profile: stop sampling, and drop the request at its
+                    // next await point, which frees the place for the next admin.
+                    drop(session);
+                    let _ = cancel_tx.send(());
+                    tracing::debug!(
+                        target: "tower_vigil::profiler",
+                        request = %settings.request_line,
+                        "profile abandoned by its client; request cancelled"
+                    );
+                    return;
+                }
                 session.drain(|sample| folder.add(sample));
                 if started.elapsed() >= settings.max_duration {
                     break None;
@@ -453,6 +502,9 @@ fn control<S, B, RB>(
     let finished = ended.unwrap_or_else(|| {
         // Stop the request at its next await point; its thread keeps the permit until then.
         let _ = cancel_tx.send(());
+        // A request parked at an await point ends at once: wait a little, so that whoever
+        // reads this partial profile finds the place free again.
+        let _ = done_rx.recv_timeout(Duration::from_millis(100));
         Finished {
             outcome: Outcome::Cancelled,
             wall: started.elapsed(),

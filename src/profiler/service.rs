@@ -10,11 +10,12 @@ use tower_service::Service;
 
 use super::background;
 use super::body::ProfilerBody;
+use super::fold::Profile;
 use super::future::ResponseFuture;
 use super::layer::{Config, Profiled, State};
-use super::page;
-use super::runner::{self, Settings};
-use super::trigger::{self, Hit, Wish};
+use super::page::{self, Links};
+use super::runner::{self, Abandoned, ProfileError, Settings};
+use super::trigger::{self, Format, Hit, Wish};
 use crate::exempt::ExemptFromDeadlines;
 
 /// Middleware that answers an authorized, triggered request with a profile of it.
@@ -132,6 +133,20 @@ impl<S> Profiler<S> {
         parts.extensions.insert(ExemptFromDeadlines);
         parts.extensions.insert(Profiled { mode });
         let request_line = format!("{} {}", parts.method, parts.uri);
+        let rerun = Links::Rerun {
+            base: format!(
+                "{}{}{}=",
+                parts.uri,
+                if parts.uri.query().is_some() {
+                    '&'
+                } else {
+                    '?'
+                },
+                config.param
+            ),
+            mode,
+            why: String::new(),
+        };
         let request = Request::from_parts(parts, body);
         // The service that was polled ready runs the request; this one stays for the next.
         let clone = self.inner.clone();
@@ -162,7 +177,8 @@ impl<S> Profiler<S> {
                 mode.name(),
                 config.rate_hz,
             );
-            return match runner::spawn(ready, request, settings, permit, deliver) {
+            let never = Abandoned::default();
+            return match runner::spawn(ready, request, settings, permit, deliver, never) {
                 Ok(()) => ResponseFuture::ready(page::background_started(
                     &config.index_path,
                     &id,
@@ -183,17 +199,51 @@ impl<S> Profiler<S> {
         }
         let (sender, receiver) = oneshot::channel();
         let format = wish.format;
+        let state = self.state.clone();
         let deliver = Box::new(move |result| {
             // Rendering happens here, on the controller thread, off the worker pool.
-            let _ = sender.send(page::respond(result, format));
+            let _ = sender.send(answer(&config, &state, result, format, rerun));
         });
-        match runner::spawn(ready, request, settings, permit, deliver) {
-            Ok(()) => ResponseFuture::waiting(receiver),
+        let abandoned = Abandoned::default();
+        let guard = abandoned.on_drop();
+        match runner::spawn(ready, request, settings, permit, deliver, abandoned) {
+            Ok(()) => ResponseFuture::waiting(receiver, guard),
             Err(error) => ResponseFuture::ready(page::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("cannot start the profiler's thread: {error}"),
             )),
         }
+    }
+}
+
+/// The answer to a profile taken at once. A page is kept in the profile store, so that its
+/// links serve the other formats of this same profile; if it cannot be kept, they re-run it.
+fn answer(
+    config: &Config,
+    state: &State,
+    result: Result<Profile, ProfileError>,
+    format: Format,
+    rerun: Links,
+) -> Response<Bytes> {
+    match result {
+        Ok(mut profile) if format == Format::Html && !profile.stacks.is_empty() => {
+            match background::keep(config, state, &mut profile) {
+                Ok(html) => page::html_response(&profile, html),
+                Err(error) => {
+                    tracing::warn!(target: "tower_vigil::profiler", %error, dir = %config.output_dir.display(), "cannot keep the profile");
+                    let rerun = match rerun {
+                        Links::Rerun { base, mode, .. } => Links::Rerun {
+                            base,
+                            mode,
+                            why: format!("cannot write to the profile store: {error}"),
+                        },
+                        other => other,
+                    };
+                    page::render(&profile, format, &rerun)
+                }
+            }
+        }
+        other => page::respond(other, format, &rerun),
     }
 }
 

@@ -85,6 +85,55 @@ pub(crate) enum Format {
     Svg,
     Folded,
     Json,
+    /// Gzip-compressed pprof `profile.proto`.
+    Pprof,
+    /// speedscope's JSON file format.
+    Speedscope,
+}
+
+impl Format {
+    /// The word that asks for this format, and the suffix of its file in the profile store.
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            Format::Html => "html",
+            Format::Svg => "svg",
+            Format::Folded => "folded",
+            Format::Json => "json",
+            Format::Pprof => "pprof",
+            Format::Speedscope => "speedscope",
+        }
+    }
+
+    /// The name under which the profile store serves this format.
+    pub(crate) fn file_suffix(self) -> &'static str {
+        match self {
+            Format::Pprof => "pb.gz",
+            Format::Speedscope => "speedscope.json",
+            other => other.word(),
+        }
+    }
+
+    /// The format the store serves under `suffix`.
+    pub(crate) fn from_file_suffix(suffix: &str) -> Option<Format> {
+        [
+            Format::Html,
+            Format::Svg,
+            Format::Folded,
+            Format::Json,
+            Format::Pprof,
+            Format::Speedscope,
+        ]
+        .into_iter()
+        .find(|f| f.file_suffix() == suffix)
+    }
+}
+
+/// The word that asks for `mode`.
+pub(crate) fn mode_word(mode: Mode) -> &'static str {
+    match mode {
+        Mode::WallClock => "wall",
+        Mode::CpuTime => "cpu",
+    }
 }
 
 /// What an authorized trigger asks for.
@@ -95,8 +144,8 @@ pub(crate) struct Wish {
     pub(crate) background: bool,
 }
 
-/// Reads a trigger's value: comma-separated words among `html`, `svg`, `folded`, `json`
-/// (format), `wall`, `cpu` (mode) and `background`. Empty (or `1`) asks for the defaults.
+/// Reads a trigger's value: comma-separated words among `html`, `svg`, `folded`, `json`,
+/// `pprof`, `speedscope` (format), `wall`, `cpu` (mode) and `background`. Empty (or `1`) asks for the defaults.
 pub(crate) fn parse_value(value: &str) -> Result<Wish, String> {
     let mut format = None;
     let mut mode = None;
@@ -114,6 +163,8 @@ pub(crate) fn parse_value(value: &str) -> Result<Wish, String> {
             "svg" => (Some(Format::Svg), None),
             "folded" => (Some(Format::Folded), None),
             "json" => (Some(Format::Json), None),
+            "pprof" => (Some(Format::Pprof), None),
+            "speedscope" => (Some(Format::Speedscope), None),
             "wall" => (None, Some(Mode::WallClock)),
             "cpu" => (None, Some(Mode::CpuTime)),
             "background" if !background => {
@@ -123,7 +174,8 @@ pub(crate) fn parse_value(value: &str) -> Result<Wish, String> {
             _ => {
                 return Err(format!(
                     "unknown or repeated profile option {word:?}; expected a comma-separated \
-                     list of: html, svg, folded, json, wall, cpu, background"
+                     list of: html, svg, folded, json, pprof, speedscope, wall, cpu, \
+                     background"
                 ))
             }
         };
@@ -235,6 +287,14 @@ mod tests {
         assert!(parse_value("svg,json").is_err());
         assert!(parse_value("background,svg").is_err());
         assert!(parse_value("SVG").is_err());
+        assert_eq!(parse_value("pprof,cpu").unwrap().format, Format::Pprof);
+        assert_eq!(
+            parse_value("speedscope").unwrap().format,
+            Format::Speedscope
+        );
+        for format in [Format::Pprof, Format::Speedscope, Format::Svg] {
+            assert_eq!(Format::from_file_suffix(format.file_suffix()), Some(format));
+        }
     }
 
     #[test]
