@@ -11,7 +11,10 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::config::VigilConfig;
+use crate::error::ConfigError;
 use crate::profiler::{Profiler, ProfilerLayer};
+use crate::sink::{FileSink, LogSink};
 use crate::timebox::{TimeboxBody, TimeboxLayer};
 use crate::tracked::{Parts, Tracked, TrackedFuture};
 use crate::watchdog::WatchdogLayer;
@@ -87,6 +90,90 @@ impl Vigil {
         self.timebox = Some(timebox);
         self.parts = self.combined_parts();
         self
+    }
+
+    /// Builds and starts everything a configuration asks for: the sections present are on.
+    /// With `disabled` (`VIGIL_DISABLED=1`) every request passes through untouched and no
+    /// thread starts.
+    ///
+    /// ```
+    /// use tower_vigil::{config::VigilConfig, Vigil};
+    ///
+    /// let config = VigilConfig::from_toml_str(
+    ///     r#"
+    ///     [watchdog]
+    ///     threshold = "5s"
+    ///     [timebox]
+    ///     supervisor_timeout = "30s"
+    ///     [sinks.log]
+    ///     "#,
+    /// )?
+    /// .with_vars([("VIGIL_WATCHDOG_THRESHOLD", "2s")])?;
+    /// let vigil = Vigil::from_config(&config)?;
+    /// let watchdog = vigil.watchdog_layer().expect("the section is present");
+    /// assert_eq!(watchdog.threshold(), std::time::Duration::from_secs(2));
+    /// # Ok::<(), tower_vigil::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting, a sink that cannot start, or a
+    /// thread that cannot start.
+    pub fn from_config(config: &VigilConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        if config.disabled {
+            return Ok(Self::new());
+        }
+        let (capture, sampler) = (config.signals.capture, config.signals.sampler);
+        if capture.is_some() || sampler.is_some() {
+            crate::stack::set_signals(capture, sampler)
+                .map_err(|problem| ConfigError::other("signals", problem))?;
+        }
+        let mut vigil = Self::new();
+        if let Some(section) = &config.profiler {
+            vigil = vigil.profiler(ProfilerLayer::from_config(section).build()?);
+        }
+        if let Some(section) = &config.watchdog {
+            let mut watchdog = WatchdogLayer::from_config(section.clone());
+            let sinks = &config.sinks;
+            if let Some(log) = &sinks.log {
+                watchdog = watchdog.sink(LogSink::from_config(log)?);
+            }
+            if let Some(file) = &sinks.file {
+                watchdog = watchdog.sink(FileSink::from_config(file)?);
+            }
+            #[cfg(feature = "email")]
+            if let Some(email) = &sinks.email {
+                watchdog = watchdog.sink(crate::sink::EmailSink::from_config(email)?);
+            }
+            #[cfg(not(feature = "email"))]
+            if sinks.email.is_some() {
+                return Err(ConfigError::other(
+                    "sinks.email",
+                    "this build has no email sink: enable the `email` feature",
+                ));
+            }
+            vigil = vigil.watchdog(watchdog.build()?);
+        }
+        if let Some(section) = &config.timebox {
+            vigil = vigil.timebox(TimeboxLayer::from_config(section.clone()).build()?);
+        }
+        Ok(vigil)
+    }
+
+    /// The stack's watchdog, for its [`WatchdogLayer::stats`] and [`WatchdogLayer::flush`].
+    pub fn watchdog_layer(&self) -> Option<&WatchdogLayer> {
+        self.watchdog.as_ref()
+    }
+
+    /// The stack's timebox, for its [`TimeboxLayer::stats`].
+    pub fn timebox_layer(&self) -> Option<&TimeboxLayer> {
+        self.timebox.as_ref()
+    }
+
+    /// The stack's profiler.
+    pub fn profiler_layer(&self) -> Option<&ProfilerLayer> {
+        self.profiler.as_ref()
     }
 
     /// One set of parts holding both the watch and the deadlines.

@@ -385,5 +385,9 @@ fn unanswered_captures_do_not_delay_deadlines() {
         "the 1 s deadline answered after {elapsed:?}"
     );
     assert!(watchdog.flush(Duration::from_secs(10)));
-    assert!(watchdog.stats().capture_timeouts >= 16, "{:?}", watchdog.stats());
+    assert!(
+        watchdog.stats().capture_timeouts >= 16,
+        "{:?}",
+        watchdog.stats()
+    );
 }

@@ -43,6 +43,7 @@ pub struct Profiled {
     pub mode: Mode,
 }
 
+use crate::config::ProfilerConfig;
 use crate::error::ConfigError;
 
 /// Configuration shared by every service of one layer.
@@ -135,7 +136,43 @@ impl ProfilerLayer {
     pub fn builder() -> ProfilerBuilder {
         ProfilerBuilder {
             config: Config::default(),
+            invalid: None,
         }
+    }
+
+    /// A builder that starts from the `[profiler]` section; a `secret` there authorizes with a
+    /// [`super::SharedSecret`], and [`ProfilerBuilder::authorize`] can set any other rule.
+    pub fn from_config(config: &ProfilerConfig) -> ProfilerBuilder {
+        let mut builder = Self::builder()
+            .param(config.param.clone())
+            .mode(config.mode)
+            .rate_hz(config.rate_hz)
+            .max_duration(config.max_duration)
+            .background_max_duration(config.background_max_duration)
+            .max_concurrent(config.max_concurrent)
+            .collapse_framework_frames(config.collapse_framework_frames)
+            .output_dir(config.output_dir_or_default())
+            .retain(config.retain)
+            .index_path(config.index_path.clone());
+        let header = |field: &str, name: &str| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ConfigError::invalid(field, name, "must be a valid header name"))
+        };
+        match header("profiler.header", &config.header) {
+            Ok(name) => builder = builder.header(name).header_trigger(config.header_trigger),
+            Err(error) => builder.invalid = Some(error),
+        }
+        if let Some(secret) = &config.secret {
+            let mut shared = super::SharedSecret::new(secret);
+            if let Some(name) = &config.secret_header {
+                match header("profiler.secret_header", name) {
+                    Ok(name) => shared = shared.header(name),
+                    Err(error) => builder.invalid = Some(error),
+                }
+            }
+            builder = builder.authorize(shared);
+        }
+        builder
     }
 
     /// Who may profile: a closure over the request's parts, [`super::SharedSecret`],
@@ -200,6 +237,8 @@ const DEFAULT_HEADER: &str = "x-vigil-profile";
 #[derive(Clone)]
 pub struct ProfilerBuilder {
     config: Config,
+    /// A setting from a configuration that could not even be stored.
+    invalid: Option<ConfigError>,
 }
 
 impl fmt::Debug for ProfilerBuilder {
@@ -316,6 +355,9 @@ impl ProfilerBuilder {
     ///
     /// A [`ConfigError`] naming the first invalid setting.
     pub fn build(self) -> Result<ProfilerLayer, ConfigError> {
+        if let Some(error) = self.invalid {
+            return Err(error);
+        }
         let c = &self.config;
         let unreserved = |ch: char| ch.is_ascii_alphanumeric() || "-._~".contains(ch);
         if c.param.is_empty() || !c.param.chars().all(unreserved) {

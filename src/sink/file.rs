@@ -38,6 +38,16 @@ impl FileSink {
         Ok(Self { dir })
     }
 
+    /// A file sink as the `[sinks.file]` section describes it.
+    ///
+    /// # Errors
+    ///
+    /// When the directory cannot be created or written, naming `sinks.file.dir`.
+    pub fn from_config(config: &crate::config::FileSinkConfig) -> Result<Self, crate::ConfigError> {
+        Self::new(&config.dir)
+            .map_err(|error| crate::ConfigError::other("sinks.file.dir", error.to_string()))
+    }
+
     /// The directory reports go to.
     pub fn dir(&self) -> &Path {
         &self.dir

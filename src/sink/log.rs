@@ -20,6 +20,17 @@ pub struct LogSink {
 }
 
 impl LogSink {
+    /// A log sink as the `[sinks.log]` section describes it.
+    ///
+    /// # Errors
+    ///
+    /// An unknown level.
+    pub fn from_config(config: &crate::config::LogSinkConfig) -> Result<Self, crate::ConfigError> {
+        Ok(Self::new()
+            .level(config.tracing_level()?)
+            .full_report(config.full_report))
+    }
+
     /// The default level: [`Level::WARN`].
     pub const DEFAULT_LEVEL: Level = Level::WARN;
 

@@ -235,6 +235,61 @@ impl EmailSink {
         Ok(Self::with_transport(TransportConfig::EmlDir(dir)))
     }
 
+    /// An email sink as the `[sinks.email]` section describes it.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting.
+    pub fn from_config(config: &crate::config::EmailSinkConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let fail = |field: &str| {
+            let field = format!("sinks.email.{field}");
+            move |error: EmailError| ConfigError::other(field.clone(), error.to_string())
+        };
+        let mut sink = match (&config.url, &config.eml_dir) {
+            (Some(url), _) => {
+                let mut smtp = SmtpConfig::from_url(url)
+                    .map_err(fail("url"))?
+                    .connect_timeout(config.connect_timeout)
+                    .command_timeout(config.command_timeout);
+                if let (Some(user), Some(password)) = (&config.username, &config.password) {
+                    smtp = smtp.credentials(user, password);
+                }
+                if let Some(file) = &config.root_certificate_pem_file {
+                    let pem = std::fs::read(file).map_err(|error| {
+                        ConfigError::other(
+                            "sinks.email.root_certificate_pem_file",
+                            format!("cannot read {}: {error}", file.display()),
+                        )
+                    })?;
+                    smtp = smtp
+                        .root_certificate_pem(pem)
+                        .map_err(fail("root_certificate_pem_file"))?;
+                }
+                Self::smtp_with(smtp).map_err(fail("url"))?
+            }
+            (None, Some(dir)) => Self::eml_dir(dir).map_err(fail("eml_dir"))?,
+            (None, None) => {
+                return Err(ConfigError::other("sinks.email.url", "give url or eml_dir"))
+            }
+        };
+        if let Some(from) = &config.from {
+            sink = sink.from(from).map_err(fail("from"))?;
+        }
+        for to in &config.to {
+            sink = sink.to(to).map_err(fail("to"))?;
+        }
+        Ok(sink
+            .subject(&config.subject)
+            .map_err(fail("subject"))?
+            .follow_up(config.follow_up)
+            .throttle(config.throttle_per_route, config.throttle_window)
+            .throttle_total(config.throttle_total)
+            .retries(config.retries)
+            .retry_backoff(config.retry_backoff)
+            .queue_capacity(config.queue_capacity))
+    }
+
     fn with_transport(transport: TransportConfig) -> Self {
         Self {
             transport,
