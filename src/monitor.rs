@@ -19,8 +19,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::ConfigError;
 use crate::registry::{Dues, Registry, Seen, Slot, HARD_FIRED, NEVER, SOFT_FIRED, WEDGED};
-use crate::report::{Completion, ReportKind, ReportTrigger, StackStatus, ThreadInfo};
-use crate::sink::reporter::{PendingReport, StackEvidence};
+use crate::report::{
+    Completion, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
+};
+use crate::sink::reporter::{RawReport, StackEvidence};
 use crate::stack;
 use crate::timebox::part::DeadlinePart;
 use crate::tracked::Parts;
@@ -214,9 +216,9 @@ fn slow_report(
     slot: &Slot,
     id: u64,
     capture: u32,
-) -> Option<PendingReport> {
+) -> Option<RawReport> {
     let tid = slot.polling_tid();
-    let (stack, thread) = if !watch.capture_stacks {
+    let (evidence, thread) = if !watch.capture_stacks {
         (StackEvidence::Known(Err(StackStatus::Disabled)), None)
     } else if tid == 0 {
         (StackEvidence::Known(Err(StackStatus::Pending)), None)
@@ -238,26 +240,26 @@ fn slow_report(
     };
     let spans = crate::spans::snapshot(id);
     let now = registry.clock.now_ns();
-    let mut report = describe(registry, slot, id, now)?;
-    report.kind = ReportKind::Slow;
-    report.capture = capture;
-    report.thread = thread;
-    report.stack = stack;
-    report.spans = spans;
-    Some(report)
+    let mut raw = describe(registry, slot, id, now)?;
+    raw.report.kind = ReportKind::Slow;
+    raw.report.capture = capture;
+    raw.report.thread = thread;
+    raw.report.spans = spans;
+    raw.evidence = evidence;
+    Some(raw)
 }
 
-fn completion(registry: &Registry, slot: &Slot, id: u64) -> Option<PendingReport> {
+fn completion(registry: &Registry, slot: &Slot, id: u64) -> Option<RawReport> {
     let (finished_ns, status) = slot.finished();
-    let mut report = describe(registry, slot, id, finished_ns)?;
-    report.kind = ReportKind::Completed;
-    report.capture = slot.reports();
-    report.completion = Some(Completion { status });
-    Some(report)
+    let mut raw = describe(registry, slot, id, finished_ns)?;
+    raw.report.kind = ReportKind::Completed;
+    raw.report.capture = slot.reports();
+    raw.report.completion = Some(Completion { status });
+    Some(raw)
 }
 
 /// The request's description, or `None` if the slot no longer holds request `id`.
-fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<PendingReport> {
+fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<RawReport> {
     let occupant = slot.occupant();
     if occupant.id != id {
         return None;
@@ -274,27 +276,31 @@ fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<Pen
         .find(|(name, _)| name == "host")
         .map(|(_, value)| value.clone())
         .or_else(|| authority_of(&meta.uri));
-    Some(PendingReport {
+    let report = SlowRequestReport {
         kind: ReportKind::Slow,
         request_id: id,
         capture: 0,
+        trigger: ReportTrigger::Threshold,
         intercepted_at: SystemTime::now(),
-        started_at: clock.wall_at(started),
-        elapsed: Duration::from_nanos(at_ns.saturating_sub(started)),
         method: meta.method.to_string(),
         uri: meta.uri.clone(),
-        version: format!("{:?}", meta.version),
-        route_key: format!("{} {}", meta.method, meta.route_key),
+        version: meta.version,
         host,
         headers,
+        pid: std::process::id(),
+        hostname: crate::report::hostname().to_owned(),
         thread: None,
-        stack: StackEvidence::Known(Err(StackStatus::NotCaptured)),
-        spans: crate::report::SpanTree {
-            installed: false,
-            spans: Vec::new(),
-        },
+        started_at: clock.wall_at(started),
+        elapsed: Duration::from_nanos(at_ns.saturating_sub(started)),
+        stack_status: StackStatus::NotApplicable,
+        stack: Vec::new(),
+        spans: SpanTree::unknown(),
         completion: None,
-        trigger: ReportTrigger::Threshold,
+        route_key: format!("{} {}", meta.method, meta.route_key),
+    };
+    Some(RawReport {
+        report,
+        evidence: StackEvidence::Known(Err(StackStatus::NotApplicable)),
     })
 }
 

@@ -54,7 +54,7 @@ impl FileSink {
     }
 
     /// The file stem of a report: `slow-<request id>-<capture>` or `slow-<request id>-done`.
-    pub fn file_stem(report: &SlowRequestReport) -> String {
+    pub(crate) fn file_stem(report: &SlowRequestReport) -> String {
         match report.kind {
             ReportKind::Completed => format!("slow-{}-done", report.request_id),
             _ => format!("slow-{}-{}", report.request_id, report.capture),
@@ -91,7 +91,7 @@ impl Sink for FileSink {
 
     fn deliver(&self, report: &SlowRequestReport) -> Result<(), SinkError> {
         let stem = Self::file_stem(report);
-        let json = serde_json::to_vec_pretty(report).map_err(SinkError::new)?;
+        let json = crate::report::json::to_json(report).map_err(SinkError::new)?;
         self.write_atomically(&format!("{stem}.json"), &json)?;
         self.write_atomically(&format!("{stem}.txt"), report.to_text().as_bytes())?;
         Ok(())
