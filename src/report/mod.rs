@@ -75,33 +75,3 @@ pub(crate) fn hostname() -> &'static str {
             .unwrap_or_else(|| "localhost".to_owned())
     })
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn span_chains_run_from_root_to_leaf() {
-        let span = |name: &str, fields: &str, parent, age| OpenSpan {
-            name: name.into(),
-            target: "t".into(),
-            fields: fields.into(),
-            age_secs: age,
-            entered: false,
-            depth: 0,
-            parent,
-        };
-        let tree = SpanTree {
-            installed: true,
-            spans: vec![
-                span("handler", "", None, 5.0),
-                span("load_report", "id=42", Some(0), 4.9),
-                span("db.query", "sql=\"select 1\"", Some(1), 4.8),
-            ],
-        };
-        assert_eq!(
-            tree.chains(),
-            vec!["handler > load_report{id=42} > db.query{sql=\"select 1\"} 4.8 s"]
-        );
-    }
-}

@@ -190,7 +190,7 @@ impl Digest {
             top_frame: report.top_app_frame().and_then(|f| f.function.clone()),
         };
         route.examples.push(example);
-        route.examples.sort_by(|a, b| b.elapsed.cmp(&a.elapsed));
+        route.examples.sort_by_key(|e| std::cmp::Reverse(e.elapsed));
         route.examples.truncate(EXAMPLES_PER_ROUTE);
     }
 
