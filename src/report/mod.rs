@@ -59,6 +59,7 @@ pub use self::data::{
     Completion, OpenSpan, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus,
     ThreadInfo,
 };
+#[cfg(feature = "email")]
 pub(crate) use self::text::format_secs;
 pub use crate::stack::Frame;
 pub use crate::stack::FrameOrigin;
