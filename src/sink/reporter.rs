@@ -52,6 +52,12 @@ impl StackEvidence {
     }
 }
 
+/// Where a pending request awaits: a probe poll to collect, or why none was asked for.
+pub(crate) enum AwaitingEvidence {
+    Probe(crate::watchdog::awaiting::ProbeRequest),
+    Unavailable(&'static str),
+}
+
 /// Everything the monitor collected about a request, before symbolization.
 pub(crate) struct PendingReport {
     pub(crate) kind: ReportKind,
@@ -69,6 +75,8 @@ pub(crate) struct PendingReport {
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) thread: Option<ThreadInfo>,
     pub(crate) stack: StackEvidence,
+    /// For a pending request: the probe poll asked for, or why there is none.
+    pub(crate) awaiting: Option<AwaitingEvidence>,
     pub(crate) spans: SpanTree,
     pub(crate) completion: Option<Completion>,
 }
@@ -100,6 +108,12 @@ impl PendingReport {
             spans: self.spans,
             completion: self.completion,
             route_key: self.route_key,
+            awaiting: self.awaiting.map(|evidence| match evidence {
+                AwaitingEvidence::Probe(probe) => probe.resolve(),
+                AwaitingEvidence::Unavailable(reason) => {
+                    crate::watchdog::awaiting::unavailable(reason)
+                }
+            }),
         }
     }
 }

@@ -411,6 +411,7 @@ pub(crate) mod tests {
             },
             completion: None,
             route_key: format!("GET {}", uri.split('?').next().unwrap()),
+            awaiting: None,
         }
     }
 
