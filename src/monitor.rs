@@ -95,10 +95,33 @@ pub(crate) fn dues(parts: &Parts, started: u64, watched: bool) -> Dues {
 
 /// What fired a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Trigger {
+pub(crate) enum Trigger {
     Threshold,
     SoftDeadline,
     HardDeadline,
+    Shutdown,
+}
+
+/// Reports every request of `watch` still in flight, now, on the calling thread; returns how
+/// many. Each then gets a completion record when it ends.
+pub(crate) fn report_in_flight(registry: &Arc<Registry>, watch: &Arc<WatchPart>) -> usize {
+    let mut in_flight = Vec::new();
+    registry.scan(|slot, seen| {
+        if let Seen::Running { id } | Seen::Stuck { id } = seen {
+            in_flight.push((slot.clone(), id));
+        }
+    });
+    let mut reported = 0;
+    for (slot, id) in in_flight {
+        let mine = slot
+            .parts_of(id)
+            .is_some_and(|parts| parts.watches_with(watch));
+        if mine && slot.mark_stuck(id) {
+            report(registry, watch, &slot, id, Trigger::Shutdown);
+            reported += 1;
+        }
+    }
+    reported
 }
 
 fn fire(registry: &Arc<Registry>, slot: &Arc<Slot>, seen: Seen, now: u64) {
@@ -208,6 +231,7 @@ fn report(
             Trigger::Threshold => ReportTrigger::Threshold,
             Trigger::SoftDeadline => ReportTrigger::SoftDeadline,
             Trigger::HardDeadline => ReportTrigger::HardDeadline,
+            Trigger::Shutdown => ReportTrigger::Shutdown,
         };
         if watch.reporter.submit(report) {
             watch.counters.reported.fetch_add(1, Ordering::Relaxed);

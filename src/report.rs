@@ -232,6 +232,8 @@ pub enum ReportTrigger {
     SoftDeadline,
     /// The timebox's hard deadline, with a thread still inside the request's poll (wedged).
     HardDeadline,
+    /// The application is shutting down with the request still in flight.
+    Shutdown,
 }
 
 /// How the request's stack was (or was not) obtained.
@@ -566,6 +568,7 @@ impl SlowRequestReport {
                 ReportTrigger::Threshold => "",
                 ReportTrigger::SoftDeadline => ", at the soft deadline (asked to stop)",
                 ReportTrigger::HardDeadline => ", at the hard deadline (wedged: still running)",
+                ReportTrigger::Shutdown => ", at shutdown (still in flight)",
             };
             let _ = writeln!(out, "Report:     {} for this request{why}", self.capture);
         }

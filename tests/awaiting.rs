@@ -215,7 +215,7 @@ async fn vigil_offload() -> String {
 async fn spawn_blocking_without_a_span_names_the_join_handle_and_its_awaiter() {
     let collect = Collect::default();
     let app = Router::new()
-        .route("/offload", get(|| vigil_offload()))
+        .route("/offload", get(vigil_offload))
         .layer(watchdog(&collect));
     let addr = serve(app).await;
     assert_eq!(http_get(addr, "/offload", &[]).await.0, 200);
