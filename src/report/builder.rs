@@ -57,6 +57,7 @@ impl SlowRequestReport {
                 stack: Vec::new(),
                 spans: SpanTree::unknown(),
                 completion: None,
+                awaiting: None,
             },
         }
     }

@@ -31,6 +31,8 @@ pub enum ReportTrigger {
     SoftDeadline,
     /// The timebox's hard deadline, with a thread still inside the request's poll (wedged).
     HardDeadline,
+    /// The application is shutting down with the request still in flight.
+    Shutdown,
 }
 
 /// How the request's stack was (or was not) obtained.
@@ -114,6 +116,91 @@ impl SpanTree {
     }
 }
 
+/// Where a pending request awaits, found by polling it once more with a probe waker: each leaf
+/// future that keeps or wakes the waker shows the chain of async functions down to it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Awaiting {
+    /// What the probe found.
+    pub status: AwaitStatus,
+    /// Each leaf the request waits on (several under `select!` or `join!`).
+    pub leaves: Vec<AwaitedLeaf>,
+    /// Leaves seen beyond those listed.
+    pub more_leaves: usize,
+    /// When the probe poll never came: the threads busy in one long poll right now, whose
+    /// work keeps this request from being polled.
+    pub busy_threads: Vec<BusyThread>,
+}
+
+/// The outcome of a probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AwaitStatus {
+    /// The probe poll ran and leaves showed themselves.
+    Found,
+    /// The probe poll ran, but no leaf kept or woke the waker, so the await point is unknown.
+    Unknown {
+        /// Why that can happen.
+        reason: String,
+    },
+    /// The task was woken for the probe but nobody polled it within the wait: every worker is
+    /// busy, or a blocking neighbour starves it. See the busy threads.
+    NotPolled {
+        /// Milliseconds waited for the probe poll.
+        waited_ms: u64,
+    },
+    /// The request finished during the probe poll.
+    Finished,
+    /// No probe could be made; the reason says why.
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How a leaf showed itself during the probe poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LeafSignal {
+    /// It kept the waker to be woken later: the request waits on it.
+    Waits,
+    /// It woke the task at once: it yields, or wakes itself in every poll.
+    WakesItself,
+}
+
+/// One leaf future a pending request waits on, with the chain of async functions above it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AwaitedLeaf {
+    /// How the leaf showed itself.
+    pub signal: LeafSignal,
+    /// The leaf, as the innermost library frame below the application's code, such as
+    /// `<tokio::time::sleep::Sleep as core::future::future::Future>::poll`.
+    pub leaf: Option<String>,
+    /// Frames from the leaf (innermost) up to the request's future.
+    pub chain: Vec<Frame>,
+    /// The chain was deeper than the frame limit and is cut at its outer end.
+    pub truncated: bool,
+}
+
+/// A thread busy in one long poll while a request waits to be polled.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct BusyThread {
+    /// The thread.
+    pub thread: ThreadInfo,
+    /// The request it polls, if it is one of the registry's.
+    pub request_id: u64,
+    /// How long that request has been running, in seconds.
+    pub request_elapsed_secs: f64,
+    /// How its stack was obtained.
+    pub stack_status: StackStatus,
+    /// Its native frames, innermost first.
+    pub stack: Vec<Frame>,
+}
+
 /// How a reported request ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -175,6 +262,8 @@ pub struct SlowRequestReport {
     pub completion: Option<Completion>,
     /// A short key for grouping reports of the same route: method and path.
     pub route_key: String,
+    /// For a pending request: where it awaits, found by a probe poll.
+    pub awaiting: Option<Awaiting>,
 }
 
 impl SlowRequestReport {

@@ -56,8 +56,8 @@ pub use self::capture::{
     ALWAYS_REDACTED_HEADERS, REDACTED, SENSITIVE_NAMES, SENSITIVE_NAME_FRAGMENTS,
 };
 pub use self::data::{
-    Completion, OpenSpan, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus,
-    ThreadInfo,
+    AwaitStatus, AwaitedLeaf, Awaiting, BusyThread, Completion, LeafSignal, OpenSpan, ReportKind,
+    ReportTrigger, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
 };
 #[cfg(feature = "email")]
 pub(crate) use self::text::format_secs;

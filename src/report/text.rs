@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use super::{
-    Frame, FrameOrigin, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus,
+    AwaitStatus, Awaiting, Frame, FrameOrigin, LeafSignal, ReportKind, ReportTrigger,
+    SlowRequestReport, SpanTree, StackStatus,
 };
 
 impl SpanTree {
@@ -131,6 +132,7 @@ impl SlowRequestReport {
                 ReportTrigger::Threshold => "",
                 ReportTrigger::SoftDeadline => ", at the soft deadline (asked to stop)",
                 ReportTrigger::HardDeadline => ", at the hard deadline (wedged: still running)",
+                ReportTrigger::Shutdown => ", at shutdown (still in flight)",
             };
             let _ = writeln!(out, "Report:     {} for this request{why}", self.capture);
         }
@@ -146,6 +148,10 @@ impl SlowRequestReport {
         if self.kind == ReportKind::Slow {
             let _ = writeln!(out);
             self.write_stack(&mut out);
+            if let Some(awaiting) = &self.awaiting {
+                let _ = writeln!(out);
+                write_awaiting(awaiting, &mut out);
+            }
             let _ = writeln!(out);
             self.write_spans(&mut out);
         }
@@ -213,6 +219,73 @@ impl SlowRequestReport {
         );
         for chain in chains {
             let _ = writeln!(out, "  {chain}");
+        }
+    }
+}
+
+fn write_awaiting(awaiting: &Awaiting, out: &mut String) {
+    match &awaiting.status {
+        AwaitStatus::Found => {
+            let _ = writeln!(
+                out,
+                "Awaiting ({} leaf future{}; innermost first, `>` marks application code):",
+                awaiting.leaves.len(),
+                if awaiting.leaves.len() == 1 { "" } else { "s" }
+            );
+        }
+        AwaitStatus::Unknown { reason } => {
+            let _ = writeln!(out, "Awaiting: await point unknown: {reason}");
+        }
+        AwaitStatus::NotPolled { waited_ms } => {
+            let _ = writeln!(
+                out,
+                "Awaiting: the request is runnable but was not polled within {waited_ms} ms of \
+                 being woken: every worker thread is busy. Threads busy in one long poll now:"
+            );
+        }
+        AwaitStatus::Finished => {
+            let _ = writeln!(
+                out,
+                "Awaiting: nothing; the request finished during the probe."
+            );
+        }
+        AwaitStatus::Unavailable { reason } => {
+            let _ = writeln!(out, "Awaiting: unknown: {reason}");
+        }
+    }
+    for leaf in &awaiting.leaves {
+        let what = match leaf.signal {
+            LeafSignal::Waits => "waits on",
+            LeafSignal::WakesItself => "wakes itself in",
+        };
+        let _ = writeln!(
+            out,
+            "  {what} {}{}",
+            leaf.leaf.as_deref().unwrap_or("an unnamed future"),
+            if leaf.truncated {
+                " (chain truncated)"
+            } else {
+                ""
+            }
+        );
+        write_frames(&leaf.chain, out);
+    }
+    if awaiting.more_leaves > 0 {
+        let _ = writeln!(out, "  ... and {} more leaves", awaiting.more_leaves);
+    }
+    for busy in &awaiting.busy_threads {
+        let _ = writeln!(
+            out,
+            "  thread {} (tid {}), polling request {} for {}:",
+            busy.thread.name.as_deref().unwrap_or("unnamed"),
+            busy.thread.tid,
+            busy.request_id,
+            format_secs(Duration::from_secs_f64(busy.request_elapsed_secs.max(0.0)))
+        );
+        if busy.stack_status == StackStatus::Captured {
+            write_frames(&busy.stack, out);
+        } else {
+            let _ = writeln!(out, "      stack: {:?}", busy.stack_status);
         }
     }
 }

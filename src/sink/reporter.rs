@@ -49,12 +49,21 @@ impl StackEvidence {
     }
 }
 
+/// Where a pending request awaits: a probe poll to collect, or why none was asked for.
+pub(crate) enum AwaitingEvidence {
+    Probe(crate::watchdog::awaiting::ProbeRequest),
+    Unavailable(&'static str),
+}
+
 /// A report as the monitor makes it: complete but for the stack, which the reporter resolves
 /// (waits for the capture, symbolizes) so the monitor never does.
 pub(crate) struct RawReport {
-    /// The report; its `stack_status` and `stack` are filled in from `evidence`.
+    /// The report; its `stack_status` and `stack` are filled in from `evidence`, and its
+    /// `awaiting` from `awaiting`.
     pub(crate) report: SlowRequestReport,
     pub(crate) evidence: StackEvidence,
+    /// For a pending request: the probe poll asked for, or why there is none.
+    pub(crate) awaiting: Option<AwaitingEvidence>,
 }
 
 impl RawReport {
@@ -64,6 +73,10 @@ impl RawReport {
             Ok(raw) => (StackStatus::Captured, stack::resolve(&raw)),
             Err(status) => (status, Vec::new()),
         };
+        report.awaiting = self.awaiting.map(|evidence| match evidence {
+            AwaitingEvidence::Probe(probe) => probe.resolve(),
+            AwaitingEvidence::Unavailable(reason) => crate::watchdog::awaiting::unavailable(reason),
+        });
         report
     }
 }
