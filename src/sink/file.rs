@@ -9,8 +9,8 @@ use crate::report::{ReportKind, SlowRequestReport};
 /// `DOGSLOW_OUTPUT`.
 ///
 /// Files are named `slow-<request id>-<n>.txt` (the n-th capture) and `slow-<request id>-done.txt`
-/// (the completion record), each with a `.json` twin. Each file is written under a temporary
-/// name and renamed, so a reader never sees half a report.
+/// (the completion record), each with a `.json` twin, written after the `.txt`. Each file is
+/// written under a temporary name and renamed, so a reader never sees half a report.
 ///
 /// ```no_run
 /// # fn main() -> std::io::Result<()> {
@@ -92,8 +92,9 @@ impl Sink for FileSink {
     fn deliver(&self, report: &SlowRequestReport) -> Result<(), SinkError> {
         let stem = Self::file_stem(report);
         let json = crate::report::json::to_json(report).map_err(SinkError::new)?;
-        self.write_atomically(&format!("{stem}.json"), &json)?;
+        // The .json last: a reader that sees it finds the .txt too.
         self.write_atomically(&format!("{stem}.txt"), report.to_text().as_bytes())?;
+        self.write_atomically(&format!("{stem}.json"), &json)?;
         Ok(())
     }
 }
