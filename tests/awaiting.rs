@@ -282,3 +282,57 @@ async fn the_probe_adds_one_poll_per_capture_and_nothing_else() {
     // First poll, the probe poll, and the poll when the timer fires.
     assert_eq!(polls.load(Ordering::SeqCst), 3);
 }
+
+#[inline(never)]
+async fn vigil_other_wait() -> &'static str {
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    "other"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_wedge_on_the_same_route_shares_a_signature() {
+    let collect = Collect::default();
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(
+                |axum::extract::Path(id): axum::extract::Path<u32>| async move {
+                    if id % 2 == 0 {
+                        vigil_load_report().await
+                    } else {
+                        vigil_other_wait().await
+                    }
+                },
+            ),
+        )
+        .layer(watchdog(&collect));
+    let addr = serve(app).await;
+    let requests: Vec<_> = ["/items/2", "/items/4", "/items/3"]
+        .into_iter()
+        .map(|path| tokio::spawn(async move { http_get(addr, path, &[]).await }))
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap().0, 200);
+    }
+    let two = slow_report_of(&collect, "/items/2");
+    let four = slow_report_of(&collect, "/items/4");
+    let three = slow_report_of(&collect, "/items/3");
+    assert_eq!(two.signature, four.signature, "{}", two.signature_text);
+    assert_ne!(two.signature, three.signature, "{}", three.signature_text);
+    assert!(
+        two.signature_text.starts_with("GET /items/{n} @ awaits"),
+        "{}",
+        two.signature_text
+    );
+    assert!(
+        two.signature_text.contains("vigil_query_database"),
+        "{}",
+        two.signature_text
+    );
+    assert!(
+        three.signature_text.contains("vigil_other_wait"),
+        "{}",
+        three.signature_text
+    );
+    assert_eq!(two.signature.len(), 12);
+}

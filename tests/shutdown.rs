@@ -65,7 +65,11 @@ async fn requests_in_flight_at_shutdown_are_reported_before_the_server_drains() 
         .filter(|text| text.contains("at shutdown (still in flight)"))
         .count();
     assert_eq!(shutdown_reports, 3, "{files:#?}");
-    assert_eq!(watchdog.stats().in_flight, 3, "the requests are still running");
+    assert_eq!(
+        watchdog.stats().in_flight,
+        3,
+        "the requests are still running"
+    );
     for client in clients {
         assert_eq!(client.await.unwrap(), (200, "finished".to_owned()));
     }

@@ -87,6 +87,12 @@ impl PendingReport {
             Ok(raw) => (StackStatus::Captured, stack::resolve(&raw)),
             Err(status) => (status, Vec::new()),
         };
+        let awaiting = self.awaiting.map(|evidence| match evidence {
+            AwaitingEvidence::Probe(probe) => probe.resolve(),
+            AwaitingEvidence::Unavailable(reason) => crate::watchdog::awaiting::unavailable(reason),
+        });
+        let (signature, signature_text) =
+            crate::report::signature(&self.route_key, &stack, awaiting.as_ref());
         SlowRequestReport {
             kind: self.kind,
             request_id: self.request_id,
@@ -108,12 +114,9 @@ impl PendingReport {
             spans: self.spans,
             completion: self.completion,
             route_key: self.route_key,
-            awaiting: self.awaiting.map(|evidence| match evidence {
-                AwaitingEvidence::Probe(probe) => probe.resolve(),
-                AwaitingEvidence::Unavailable(reason) => {
-                    crate::watchdog::awaiting::unavailable(reason)
-                }
-            }),
+            awaiting,
+            signature,
+            signature_text,
         }
     }
 }

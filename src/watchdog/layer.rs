@@ -178,8 +178,7 @@ impl WatchdogLayer {
         let Some(running) = &self.running else {
             return 0;
         };
-        let reported =
-            crate::monitor::report_in_flight(&running.parts.registry, &running.part);
+        let reported = crate::monitor::report_in_flight(&running.parts.registry, &running.part);
         running.part.reporter.flush(timeout);
         reported
     }
