@@ -78,6 +78,8 @@
 pub mod config;
 mod error;
 mod exempt;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod monitor;
 pub mod profiler;
 mod registry;

@@ -373,6 +373,9 @@ fn run(registry: Arc<Registry>) {
             next = next.min(slot.due_ns());
         }
 
+        #[cfg(feature = "metrics")]
+        crate::metrics::publish_if_due();
+
         let now = registry.clock.now_ns();
         let wake_at = next.min(now + IDLE_SLEEP.as_nanos() as u64);
         if !registry.wake.going_to_sleep(wake_at) {

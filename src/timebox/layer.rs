@@ -412,12 +412,43 @@ impl TimeboxBuilder {
             watch: None,
             deadlines: Some(part.clone()),
         });
+        #[cfg(feature = "metrics")]
+        publish_metrics(soft, hard, &part, &parts);
         Ok(TimeboxLayer {
             soft,
             hard,
             running: Some(Running { part, parts }),
         })
     }
+}
+
+/// Publishes this timebox's counters while it lives.
+#[cfg(feature = "metrics")]
+fn publish_metrics(soft: Duration, hard: Duration, part: &Arc<DeadlinePart>, parts: &Arc<Parts>) {
+    use crate::metrics::{counter, gauge};
+    let instance = crate::metrics::instance("timebox");
+    let (part, parts) = (Arc::downgrade(part), Arc::downgrade(parts));
+    crate::metrics::register(move || {
+        let (Some(part), Some(parts)) = (part.upgrade(), parts.upgrade()) else {
+            return false;
+        };
+        let layer = TimeboxLayer {
+            soft,
+            hard,
+            running: Some(Running { part, parts }),
+        };
+        let stats = layer.stats();
+        gauge("vigil_requests_in_flight", &instance, stats.in_flight);
+        counter(
+            "vigil_soft_timeouts_total",
+            &instance,
+            stats.soft_cancellations,
+        );
+        counter("vigil_hard_timeouts_total", &instance, stats.hard_timeouts);
+        counter("vigil_wedged_total", &instance, stats.wedged);
+        counter("vigil_shed_total", &instance, stats.shed);
+        true
+    });
 }
 
 /// [`TimeboxLayer`] for services whose futures are not `Send` or not `'static`; made by
