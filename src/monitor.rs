@@ -285,6 +285,28 @@ fn slow_report(
         };
         (evidence, Some(thread))
     };
+    let helpers = if watch.capture_stacks {
+        crate::helpers::threads_of(id)
+            .into_iter()
+            .map(|tid| {
+                let evidence = match stack::start_capture(tid, id) {
+                    Ok(capture) => StackEvidence::Awaited {
+                        capture,
+                        deadline: Instant::now() + watch.capture_timeout,
+                        timeout: watch.capture_timeout,
+                    },
+                    Err(error) => StackEvidence::Known(Err(error.into())),
+                };
+                let thread = ThreadInfo {
+                    tid,
+                    name: stack::thread_name(tid),
+                };
+                (thread, evidence)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let spans = crate::spans::snapshot(id);
     let now = registry.clock.now_ns();
     let mut report = describe(registry, slot, id, now)?;
@@ -294,6 +316,7 @@ fn slow_report(
     report.stack = stack;
     report.spans = spans;
     report.awaiting = awaiting;
+    report.helpers = helpers;
     Some(report)
 }
 
@@ -340,6 +363,7 @@ fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<Pen
         thread: None,
         stack: StackEvidence::Known(Err(StackStatus::NotCaptured)),
         awaiting: None,
+        helpers: Vec::new(),
         spans: crate::report::SpanTree {
             installed: false,
             spans: Vec::new(),
