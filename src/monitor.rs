@@ -205,6 +205,7 @@ fn fire_deadlines(
                 .fetch_add(1, Ordering::Relaxed);
             if wedged {
                 deadlines.counters.wedged.fetch_add(1, Ordering::Relaxed);
+                deadlines.note_wedged_route(slot.route_hash());
                 deadlines.escalate_if_needed(now);
             }
             slot.wake();
