@@ -207,6 +207,7 @@ fn fire_deadlines(
                 .fetch_add(1, Ordering::Relaxed);
             if wedged {
                 deadlines.counters.wedged.fetch_add(1, Ordering::Relaxed);
+                deadlines.note_wedged_route(slot.route_hash());
                 deadlines.escalate_if_needed(now);
             }
             slot.wake();
@@ -287,6 +288,28 @@ fn slow_report(
         };
         (evidence, Some(thread))
     };
+    let helpers = if watch.capture_stacks {
+        crate::helpers::threads_of(id)
+            .into_iter()
+            .map(|tid| {
+                let evidence = match stack::start_capture(tid, id) {
+                    Ok(capture) => StackEvidence::Awaited {
+                        capture,
+                        deadline: Instant::now() + watch.capture_timeout,
+                        timeout: watch.capture_timeout,
+                    },
+                    Err(error) => StackEvidence::Known(Err(error.into())),
+                };
+                let thread = ThreadInfo {
+                    tid,
+                    name: stack::thread_name(tid),
+                };
+                (thread, evidence)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let spans = crate::spans::snapshot(id);
     let now = registry.clock.now_ns();
     let mut raw = describe(registry, slot, id, now)?;
@@ -296,6 +319,7 @@ fn slow_report(
     raw.report.spans = spans;
     raw.evidence = evidence;
     raw.awaiting = awaiting;
+    raw.helpers = helpers;
     Some(raw)
 }
 
@@ -348,11 +372,16 @@ fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<Raw
         completion: None,
         route_key: format!("{} {}", meta.method, meta.route_key),
         awaiting: None,
+        helper_threads: Vec::new(),
+        // Set by the reporter, from the resolved stack.
+        signature: String::new(),
+        signature_text: String::new(),
     };
     Some(RawReport {
         report,
         evidence: StackEvidence::Known(Err(StackStatus::NotApplicable)),
         awaiting: None,
+        helpers: Vec::new(),
     })
 }
 
@@ -379,6 +408,9 @@ fn run(registry: Arc<Registry>) {
             fire(&registry, &slot, seen, now);
             next = next.min(slot.due_ns());
         }
+
+        #[cfg(feature = "metrics")]
+        crate::metrics::publish_if_due();
 
         let now = registry.clock.now_ns();
         let wake_at = next.min(now + IDLE_SLEEP.as_nanos() as u64);

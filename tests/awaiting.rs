@@ -282,3 +282,104 @@ async fn the_probe_adds_one_poll_per_capture_and_nothing_else() {
     // First poll, the probe poll, and the poll when the timer fires.
     assert_eq!(polls.load(Ordering::SeqCst), 3);
 }
+
+#[inline(never)]
+async fn vigil_other_wait() -> &'static str {
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    "other"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_wedge_on_the_same_route_shares_a_signature() {
+    let collect = Collect::default();
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(
+                |axum::extract::Path(id): axum::extract::Path<u32>| async move {
+                    if id % 2 == 0 {
+                        vigil_load_report().await
+                    } else {
+                        vigil_other_wait().await
+                    }
+                },
+            ),
+        )
+        .layer(watchdog(&collect));
+    let addr = serve(app).await;
+    let requests: Vec<_> = ["/items/2", "/items/4", "/items/3"]
+        .into_iter()
+        .map(|path| tokio::spawn(async move { http_get(addr, path, &[]).await }))
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap().0, 200);
+    }
+    let two = slow_report_of(&collect, "/items/2");
+    let four = slow_report_of(&collect, "/items/4");
+    let three = slow_report_of(&collect, "/items/3");
+    assert_eq!(two.signature, four.signature, "{}", two.signature_text);
+    assert_ne!(two.signature, three.signature, "{}", three.signature_text);
+    assert!(
+        two.signature_text.starts_with("GET /items/{n} @ awaits"),
+        "{}",
+        two.signature_text
+    );
+    assert!(
+        two.signature_text.contains("vigil_query_database"),
+        "{}",
+        two.signature_text
+    );
+    assert!(
+        three.signature_text.contains("vigil_other_wait"),
+        "{}",
+        three.signature_text
+    );
+    assert_eq!(two.signature.len(), 12);
+}
+
+#[inline(never)]
+fn vigil_marked_blocking_job() -> u64 {
+    std::thread::sleep(Duration::from_millis(700));
+    11
+}
+
+#[inline(never)]
+async fn vigil_offload_marked() -> String {
+    let n = tower_vigil::spawn_blocking(vigil_marked_blocking_job)
+        .await
+        .unwrap();
+    n.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spawn_blocking_helper_adds_the_blocking_threads_stack() {
+    let collect = Collect::default();
+    let app = Router::new()
+        .route("/marked", get(vigil_offload_marked))
+        .layer(watchdog(&collect));
+    let addr = serve(app).await;
+    assert_eq!(http_get(addr, "/marked", &[]).await.0, 200);
+    let report = slow_report_of(&collect, "/marked");
+    assert_eq!(
+        report.helper_threads.len(),
+        1,
+        "{:?}",
+        report.helper_threads
+    );
+    let helper = &report.helper_threads[0];
+    assert_eq!(helper.stack_status, StackStatus::Captured);
+    assert!(
+        helper.stack.iter().any(|f| f
+            .function
+            .as_deref()
+            .is_some_and(|n| n.contains("vigil_marked_blocking_job"))),
+        "{:?}",
+        helper.stack
+    );
+    assert!(leaves(&report)
+        .iter()
+        .any(|leaf| leaf.contains("JoinHandle")));
+    assert!(report
+        .to_text()
+        .contains("Working for this request on thread"));
+}

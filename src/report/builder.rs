@@ -58,6 +58,9 @@ impl SlowRequestReport {
                 spans: SpanTree::unknown(),
                 completion: None,
                 awaiting: None,
+                helper_threads: Vec::new(),
+                signature: String::new(),
+                signature_text: String::new(),
             },
         }
     }
@@ -209,6 +212,8 @@ impl SlowRequestReportBuilder {
             None if report.stack.is_empty() => StackStatus::Pending,
             None => StackStatus::Captured,
         };
+        (report.signature, report.signature_text) =
+            super::signature::signature(&report.route_key, &report.stack, None);
         report
     }
 }

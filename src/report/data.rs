@@ -185,6 +185,18 @@ pub struct AwaitedLeaf {
     pub truncated: bool,
 }
 
+/// A thread working for a request outside its poll, with its native stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct HelperThread {
+    /// The thread.
+    pub thread: ThreadInfo,
+    /// How its stack was obtained.
+    pub stack_status: StackStatus,
+    /// Its native frames, innermost first.
+    pub stack: Vec<Frame>,
+}
+
 /// A thread busy in one long poll while a request waits to be polled.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
@@ -264,6 +276,16 @@ pub struct SlowRequestReport {
     pub route_key: String,
     /// For a pending request: where it awaits, found by a probe poll.
     pub awaiting: Option<Awaiting>,
+    /// Threads working for the request outside its poll when the report was made: its
+    /// `spawn_blocking` jobs, threads with its spans entered.
+    pub helper_threads: Vec<HelperThread>,
+    /// A short, stable key that groups reports of the same wedge across requests, processes
+    /// and hosts: a hash of [`SlowRequestReport::signature_text`].
+    pub signature: String,
+    /// What the signature is made of: the route (numeric and uuid-like path segments
+    /// collapsed), then the innermost application frame, or for a pending request the awaited
+    /// leaf and the application frame that awaits it.
+    pub signature_text: String,
 }
 
 impl SlowRequestReport {

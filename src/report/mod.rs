@@ -48,6 +48,7 @@ mod builder;
 mod capture;
 mod data;
 pub(crate) mod json;
+pub(crate) mod signature;
 mod text;
 
 pub use self::builder::SlowRequestReportBuilder;
@@ -56,8 +57,8 @@ pub use self::capture::{
     ALWAYS_REDACTED_HEADERS, REDACTED, SENSITIVE_NAMES, SENSITIVE_NAME_FRAGMENTS,
 };
 pub use self::data::{
-    AwaitStatus, AwaitedLeaf, Awaiting, BusyThread, Completion, LeafSignal, OpenSpan, ReportKind,
-    ReportTrigger, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
+    AwaitStatus, AwaitedLeaf, Awaiting, BusyThread, Completion, HelperThread, LeafSignal, OpenSpan,
+    ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
 };
 #[cfg(feature = "email")]
 pub(crate) use self::text::format_secs;

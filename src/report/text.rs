@@ -125,6 +125,13 @@ impl SlowRequestReport {
             );
         }
         let _ = writeln!(out, "Request id: {}", self.request_id);
+        if !self.signature.is_empty() {
+            let _ = writeln!(
+                out,
+                "Signature:  {} ({})",
+                self.signature, self.signature_text
+            );
+        }
         let _ = writeln!(out, "Started:    {}", rfc3339(self.started_at));
         let _ = writeln!(out, "Elapsed:    {}", format_secs(self.elapsed));
         if self.kind == ReportKind::Slow {
@@ -151,6 +158,20 @@ impl SlowRequestReport {
             if let Some(awaiting) = &self.awaiting {
                 let _ = writeln!(out);
                 write_awaiting(awaiting, &mut out);
+            }
+            for helper in &self.helper_threads {
+                let _ = writeln!(out);
+                let _ = writeln!(
+                    out,
+                    "Working for this request on thread {} (tid {}):",
+                    helper.thread.name.as_deref().unwrap_or("unnamed"),
+                    helper.thread.tid
+                );
+                if helper.stack_status == StackStatus::Captured {
+                    write_frames(&helper.stack, &mut out);
+                } else {
+                    let _ = writeln!(out, "      stack: {:?}", helper.stack_status);
+                }
             }
             let _ = writeln!(out);
             self.write_spans(&mut out);

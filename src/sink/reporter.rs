@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::Sink;
-use crate::report::{SlowRequestReport, StackStatus};
+use crate::report::{HelperThread, SlowRequestReport, StackStatus, ThreadInfo};
 use crate::stack::{self, CaptureError, PendingCapture, RawStack};
 
 /// The stack of a report: known when the monitor handed it over, or a capture whose signal
@@ -64,6 +64,8 @@ pub(crate) struct RawReport {
     pub(crate) evidence: StackEvidence,
     /// For a pending request: the probe poll asked for, or why there is none.
     pub(crate) awaiting: Option<AwaitingEvidence>,
+    /// Threads working for the request outside its poll, with their captures under way.
+    pub(crate) helpers: Vec<(ThreadInfo, StackEvidence)>,
 }
 
 impl RawReport {
@@ -77,6 +79,26 @@ impl RawReport {
             AwaitingEvidence::Probe(probe) => probe.resolve(),
             AwaitingEvidence::Unavailable(reason) => crate::watchdog::awaiting::unavailable(reason),
         });
+        report.helper_threads = self
+            .helpers
+            .into_iter()
+            .map(|(thread, evidence)| {
+                let (stack_status, stack) = match evidence.resolve(counters) {
+                    Ok(raw) => (StackStatus::Captured, stack::resolve(&raw)),
+                    Err(status) => (status, Vec::new()),
+                };
+                HelperThread {
+                    thread,
+                    stack_status,
+                    stack,
+                }
+            })
+            .collect();
+        (report.signature, report.signature_text) = crate::report::signature::signature(
+            &report.route_key,
+            &report.stack,
+            report.awaiting.as_ref(),
+        );
         report
     }
 }
