@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -24,7 +26,9 @@ fn vigil_hogging_a_worker(duration: Duration) {
 fn a_request_nobody_polls_shows_the_threads_that_keep_the_workers_busy() {
     use tower::ServiceExt;
     let collect = Collect::default();
-    let watchdog = WatchdogLayer::builder(Duration::from_millis(500))
+    let hogging = Arc::new(AtomicUsize::new(0));
+    let hogs_started = hogging.clone();
+    let watchdog = WatchdogLayer::builder(Duration::from_millis(1500))
         .recapture_at([])
         .resolution(Duration::from_millis(10))
         .sink(collect.clone())
@@ -33,15 +37,19 @@ fn a_request_nobody_polls_shows_the_threads_that_keep_the_workers_busy() {
     let app = Router::new()
         .route(
             "/hog",
-            get(|| async {
-                vigil_hogging_a_worker(Duration::from_millis(1500));
-                "hogged"
+            get(move || {
+                let hogging = hogging.clone();
+                async move {
+                    hogging.fetch_add(1, Ordering::SeqCst);
+                    vigil_hogging_a_worker(Duration::from_millis(2500));
+                    "hogged"
+                }
             }),
         )
         .route(
             "/starved",
             get(|| async {
-                tokio::time::sleep(Duration::from_millis(1000)).await;
+                tokio::time::sleep(Duration::from_millis(2000)).await;
                 "starved"
             }),
         )
@@ -63,6 +71,16 @@ fn a_request_nobody_polls_shows_the_threads_that_keep_the_workers_busy() {
     // Spawned from outside the runtime, each hog waits in the shared queue until a free worker
     // takes it, so the two end up blocking both workers.
     let hogs = [runtime.spawn(get_("/hog")), runtime.spawn(get_("/hog"))];
+    // Both workers must be held before the starved request's threshold (1.5 s after it began).
+    let deadline = std::time::Instant::now() + Duration::from_millis(1200);
+    while hogs_started.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        hogs_started.load(Ordering::SeqCst),
+        2,
+        "both workers held in time"
+    );
     let statuses: Vec<_> = runtime.block_on(async {
         let mut statuses = vec![starved.await.unwrap()];
         for hog in hogs {

@@ -205,8 +205,10 @@ mod tests {
         let real = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&real);
         let mut future = std::future::poll_fn(|cx| {
-            cx.waker().wake_by_ref();
-            cx.waker().wake_by_ref();
+            // The same call site twice: one chain, two wakes.
+            for _ in 0..2 {
+                cx.waker().wake_by_ref();
+            }
             Poll::<()>::Pending
         });
         let (_, findings) = poll_probed(Pin::new(&mut future), &mut cx);
