@@ -3,7 +3,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
@@ -18,6 +18,58 @@ use mail_parser::{MessageParser, MimeHeaders};
 use tower_vigil::report::ReportKind;
 use tower_vigil::sink::{EmailSink, FileSink, SmtpConfig, TlsMode};
 use tower_vigil::watchdog::WatchdogLayer;
+
+/// What the crate logged at ERROR under `tower_vigil::email`, as an operator would read it.
+static EMAIL_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct EmailLog;
+
+impl std::io::Write for EmailLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        EMAIL_LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `common::init_tracing` (which it shadows here) plus a layer that writes the email sink's
+/// ERROR lines into [`EMAIL_LOG`]. The mail thread is the crate's own, so only a global
+/// subscriber sees what it logs.
+fn init_tracing() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        use tracing_subscriber::prelude::*;
+        use tracing_subscriber::EnvFilter;
+        tracing_subscriber::registry()
+            .with(tower_vigil::spans::SpanLayer::new())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_test_writer()
+                    .with_filter(EnvFilter::new(
+                        std::env::var("VIGIL_TEST_LOG").unwrap_or_else(|_| "off".into()),
+                    )),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(|| EmailLog)
+                    .with_filter(EnvFilter::new("tower_vigil::email=error")),
+            )
+            .init();
+    });
+}
+
+/// The ERROR lines logged so far that contain `needle` (such as a test server's port).
+fn error_lines_with(needle: &str) -> Vec<String> {
+    String::from_utf8_lossy(&EMAIL_LOG.lock().unwrap())
+        .lines()
+        .filter(|line| line.contains("ERROR") && line.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
 
 const THRESHOLD: Duration = Duration::from_millis(100);
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -553,12 +605,83 @@ fn a_permanent_error_goes_to_the_fallback_without_retries() {
 }
 
 #[test]
-fn starttls_is_required_unless_switched_off() {
+fn a_plain_local_relay_gets_the_mail_from_a_plain_smtp_url() {
+    init_tracing();
+    // No STARTTLS offered, and the URL says nothing about TLS: a local relay as lettre users
+    // write it.
+    let smtp = SmtpServer::start();
+    let fallback = Collect::default();
+    let email = EmailSink::smtp(&format!("smtp://127.0.0.1:{}", smtp.port()))
+        .unwrap()
+        .to("oncall@example.com")
+        .unwrap()
+        .fallback(fallback.clone());
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
+        .recapture_at([])
+        .sink(email.clone())
+        .build()
+        .unwrap();
+    let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
+    assert_eq!(app.get("/slow", &[]).0, 200);
+    let mails = smtp.wait_for_messages(1, PATIENCE).expect("a mail");
+    assert!(!mails[0].tls);
+    assert_eq!(mails[0].rcpt_to, ["oncall@example.com"]);
+    assert!(wait_until(PATIENCE, || email.stats().sent == 1));
+    assert_eq!(email.stats().failed_to_fallback, 0);
+    assert!(fallback.all().is_empty());
+}
+
+#[test]
+fn opportunistic_tls_upgrades_when_the_relay_offers_starttls() {
+    init_tracing();
+    let ca = TestCa::new();
+    // `?tls=opportunistic` in lettre's words, and the loopback default that means the same.
+    for query in ["?tls=opportunistic", ""] {
+        let smtp = SmtpServer::with(ServerConfig {
+            tls: Some(ca.starttls()),
+            ..ServerConfig::default()
+        });
+        let config = SmtpConfig::from_url(&format!("smtp://localhost:{}{query}", smtp.port()))
+            .unwrap()
+            .root_certificate_pem(ca.ca_pem())
+            .unwrap();
+        let fallback = Collect::default();
+        let (email, _app) = one_slow_report(config, &fallback);
+        let mails = smtp.wait_for_messages(1, PATIENCE).expect("a mail");
+        // The server refuses MAIL before STARTTLS, so the mail proves the upgrade too.
+        assert!(mails[0].tls, "{query:?}: the mail came in clear text");
+        assert_eq!(smtp.handshakes(), 1, "{query:?}");
+        assert_is_the_slow_report(&mails[0]);
+        assert!(wait_until(PATIENCE, || email.stats().sent == 1));
+    }
+}
+
+#[test]
+fn credentials_for_a_remote_host_without_tls_are_refused_when_configured() {
+    for url in [
+        "smtp://vigil:hunter2@mail.example.com?tls=none",
+        "smtp://vigil:hunter2@mail.example.com:25?tls=opportunistic",
+        "smtp://vigil:hunter2@192.0.2.10?tls=none",
+    ] {
+        let error = EmailSink::smtp(url).unwrap_err().to_string();
+        assert!(error.contains("clear text"), "{url}: {error}");
+        assert!(!error.contains("hunter2"), "{url}: {error}");
+    }
+    let config = SmtpConfig::new("mail.example.com")
+        .credentials("vigil", "hunter2")
+        .tls(TlsMode::None);
+    assert!(EmailSink::smtp_with(config).is_err());
+    // Loopback traffic never leaves the machine.
+    assert!(EmailSink::smtp("smtp://vigil:hunter2@127.0.0.1:2525?tls=none").is_ok());
+}
+
+#[test]
+fn required_starttls_fails_on_a_plain_relay_and_the_error_log_says_how_to_fix_it() {
     init_tracing();
     // The test server offers no STARTTLS: the mail must not go out in clear text.
     let smtp = SmtpServer::start();
     let fallback = Collect::default();
-    let email = EmailSink::smtp(&format!("smtp://127.0.0.1:{}", smtp.port()))
+    let email = EmailSink::smtp(&format!("smtp://127.0.0.1:{}?tls=required", smtp.port()))
         .unwrap()
         .to("oncall@example.com")
         .unwrap()
@@ -581,6 +704,43 @@ fn starttls_is_required_unless_switched_off() {
         (0, 1),
         "{stats:?}"
     );
+    let endpoint = format!("127.0.0.1:{}", smtp.port());
+    let lines = error_lines_with(&format!("mail delivery failed: relay {endpoint}"));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    eprintln!("{}", lines[0]);
+    assert!(
+        lines[0].contains("does not offer STARTTLS; for a local relay use `?tls=none`"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn only_the_first_failure_of_an_outage_is_diagnosed_at_error() {
+    init_tracing();
+    let port = closed_port();
+    let fallback = Collect::default();
+    let email = EmailSink::smtp(&format!("smtp://127.0.0.1:{port}?connect_timeout=1s"))
+        .unwrap()
+        .to("oncall@example.com")
+        .unwrap()
+        .retries(2)
+        .retry_backoff(Duration::from_millis(20))
+        .fallback(fallback.clone());
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
+        .recapture_at([])
+        .sink(email.clone())
+        .build()
+        .unwrap();
+    let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
+    assert_eq!(app.get("/slow", &[]).0, 200);
+    fallback
+        .wait_for(PATIENCE, |r| r.kind == ReportKind::Slow)
+        .expect("the report in the fallback sink");
+    assert_eq!(email.stats().retried, 2);
+    let lines = error_lines_with(&format!("connection to 127.0.0.1:{port} refused"));
+    assert_eq!(lines.len(), 1, "three attempts, one diagnosis: {lines:?}");
+    assert!(lines[0].contains("mail delivery failed"), "{lines:?}");
+    assert!(lines[0].contains("check host and port"), "{lines:?}");
 }
 
 /// A sink to the test server by the name `localhost` (the name in its certificate), trusting the

@@ -75,6 +75,16 @@ async fn fetch(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &str)])
 }
 
 /// Nothing is loaded from elsewhere: no external script, stylesheet, image or font.
+/// A finished profile page: its inline flamegraph, or without the `flamegraph` feature the note
+/// that stands in for it.
+fn shows_flamegraph(html: &str) -> bool {
+    if cfg!(feature = "flamegraph") {
+        html.contains("<svg")
+    } else {
+        html.contains("without its <code>flamegraph</code> feature")
+    }
+}
+
 fn assert_self_contained(html: &str) {
     for loader in [
         " src=",
@@ -144,7 +154,7 @@ async fn an_authorized_request_gets_a_flamegraph_of_its_hot_function() {
         Some("text/html; charset=utf-8")
     );
     let html = page.text();
-    assert!(html.contains("<svg"), "no inline SVG");
+    assert!(shows_flamegraph(&html), "no inline SVG");
     assert!(
         html.contains("vigil_profiler_cpu_hot"),
         "hot function missing"
@@ -167,15 +177,19 @@ async fn an_authorized_request_gets_a_flamegraph_of_its_hot_function() {
     assert_self_contained(&html);
 
     let svg = fetch(addr, "/cpu?__profile__=svg,cpu", ADMIN).await;
-    assert_eq!(svg.status, 200, "{}", svg.text());
-    assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
-    let svg = svg.text();
-    assert!(svg.contains("<svg") && svg.contains("vigil_profiler_cpu_hot"));
-    assert!(
-        svg.contains("cpu-time at 997 Hz"),
-        "mode missing from the subtitle"
-    );
-    assert!(svg.contains("GET /cpu —"), "title without the request");
+    if cfg!(feature = "flamegraph") {
+        assert_eq!(svg.status, 200, "{}", svg.text());
+        assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+        let svg = svg.text();
+        assert!(svg.contains("<svg") && svg.contains("vigil_profiler_cpu_hot"));
+        assert!(
+            svg.contains("cpu-time at 997 Hz"),
+            "mode missing from the subtitle"
+        );
+        assert!(svg.contains("GET /cpu —"), "title without the request");
+    } else {
+        assert_eq!(svg.status, 501, "{}", svg.text());
+    }
 
     let folded = fetch(addr, "/cpu?__profile__=folded", ADMIN).await.text();
     let lines: Vec<&str> = folded.lines().collect();
@@ -293,7 +307,7 @@ async fn an_io_bound_request_shows_the_span_it_waited_in() {
     );
 
     let html = fetch(addr, "/io?__profile__", ADMIN).await.text();
-    assert!(html.contains("<svg"));
+    assert!(shows_flamegraph(&html));
     assert!(html.contains("[awaiting] vigil_wait_for_backend"));
 
     // With the watchdog inside, spans belong to the watchdog's id for the request; the
@@ -410,10 +424,19 @@ async fn a_profile_past_its_maximum_duration_is_returned_partial() {
     let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(json["partial"], true);
     assert!(json["samples"].as_u64().unwrap() > 50, "{json}");
-    let html = fetch(addr, "/stuck?__profile__", ADMIN).await.text();
+    // The first profile frees its slot just after its partial answer is sent, so a second
+    // one right away may be told to wait (429).
+    let deadline = Instant::now() + PATIENCE;
+    let html = loop {
+        let reply = fetch(addr, "/stuck?__profile__", ADMIN).await;
+        if reply.status != 429 || Instant::now() >= deadline {
+            break reply.text();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(html.contains("Partial profile"), "{html}");
     assert!(
-        html.contains("PARTIAL"),
+        html.contains("PARTIAL") || !cfg!(feature = "flamegraph"),
         "the flamegraph is not marked partial"
     );
 }
@@ -439,7 +462,7 @@ async fn a_background_profile_is_kept_and_listed_for_admins_only() {
     let profile = loop {
         let reply = fetch(addr, &format!("/__vigil/profiles/{id}"), ADMIN).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
-        if reply.text().contains("<svg") {
+        if shows_flamegraph(&reply.text()) {
             break reply.text();
         }
         assert!(
@@ -456,8 +479,10 @@ async fn a_background_profile_is_kept_and_listed_for_admins_only() {
     assert_eq!(index.status, 200);
     assert!(index.text().contains(&id), "{}", index.text());
     assert!(index.text().contains("GET /cpu"));
-    let svg = fetch(addr, &format!("/__vigil/profiles/{id}.svg"), ADMIN).await;
-    assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+    if cfg!(feature = "flamegraph") {
+        let svg = fetch(addr, &format!("/__vigil/profiles/{id}.svg"), ADMIN).await;
+        assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+    }
 
     let outsider = fetch(addr, "/__vigil/profiles", &[]).await;
     assert_eq!(outsider.status, 404);

@@ -32,6 +32,8 @@ const MAILED_IDS: usize = 4096;
 pub(crate) struct SendError {
     pub(crate) message: String,
     pub(crate) permanent: bool,
+    /// The likely reason and its fix, when the failure is a common one.
+    pub(crate) diagnosis: Option<String>,
 }
 
 impl SendError {
@@ -39,6 +41,7 @@ impl SendError {
         Self {
             message,
             permanent: false,
+            diagnosis: None,
         }
     }
 
@@ -46,7 +49,13 @@ impl SendError {
         Self {
             message,
             permanent: true,
+            diagnosis: None,
         }
+    }
+
+    pub(crate) fn diagnosed(mut self, diagnosis: String) -> Self {
+        self.diagnosis = Some(diagnosis);
+        self
     }
 }
 
@@ -351,6 +360,9 @@ impl Shared {
 
 fn run(shared: &Shared) {
     let settings = &shared.settings;
+    // Whether the last attempt failed: the first failure of each outage is logged at ERROR
+    // with its reason and fix, the retries after it at WARN.
+    let mut failing = false;
     let mut state = shared.lock();
     loop {
         let now = Instant::now();
@@ -405,6 +417,14 @@ fn run(shared: &Shared) {
                 .and_then(|message| settings.transport.send(&message))
         }))
         .unwrap_or_else(|_| Err(SendError::permanent("mail delivery panicked".to_owned())));
+        match &outcome {
+            Ok(()) => failing = false,
+            Err(error) if !failing => {
+                failing = true;
+                log_first_failure(error);
+            }
+            Err(_) => {}
+        }
 
         state = shared.lock();
         // A flush that ran out of time may have taken the mail to the fallback already.
@@ -459,4 +479,16 @@ fn run(shared: &Shared) {
         }
         shared.progress.notify_all();
     }
+}
+
+/// One ERROR line that says what went wrong and what to change, such as "relay 127.0.0.1:25
+/// does not offer STARTTLS; for a local relay use `?tls=none`".
+fn log_first_failure(error: &SendError) {
+    let diagnosis = error.diagnosis.as_deref().unwrap_or(&error.message);
+    tracing::error!(
+        target: "tower_vigil::email",
+        error = %error.message,
+        permanent = error.permanent,
+        "mail delivery failed: {diagnosis}"
+    );
 }

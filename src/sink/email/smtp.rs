@@ -13,13 +13,22 @@ use super::delivery::SendError;
 use super::EmailError;
 
 /// How the connection to the SMTP server is protected.
+///
+/// The URL words are lettre's (`required`, `opportunistic`, `smtps://`) and this crate's own
+/// (`none`, `starttls`, `implicit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TlsMode {
     /// No TLS: plain text from the first byte to the last. URL: `?tls=none`.
     None,
+    /// STARTTLS when the server offers it, plain text when it does not. A certificate that
+    /// fails verification still fails the delivery: there is no silent downgrade after a
+    /// failed handshake. Credentials are accepted with this mode only for a loopback host.
+    /// URL: `?tls=opportunistic`; the default of `smtp://` to a loopback host.
+    Opportunistic,
     /// Plain connection upgraded with STARTTLS before anything else is sent; a server that
-    /// does not offer STARTTLS gets no mail. URL: `?tls=starttls` (the default of `smtp://`).
+    /// does not offer STARTTLS gets no mail. URL: `?tls=required` or `?tls=starttls`; the
+    /// default of `smtp://` to any other host.
     StartTls,
     /// TLS from the first byte (SMTPS). URL: `smtps://` or `?tls=implicit`.
     Implicit,
@@ -27,24 +36,37 @@ pub enum TlsMode {
 
 impl TlsMode {
     /// The port used when none is given: 25 for [`TlsMode::None`], 587 for
-    /// [`TlsMode::StartTls`], 465 for [`TlsMode::Implicit`].
+    /// [`TlsMode::Opportunistic`] and [`TlsMode::StartTls`], 465 for [`TlsMode::Implicit`].
+    /// A URL or builder that names no mode and no port uses 25 for a loopback host (a local
+    /// relay) and 587 for any other host.
     pub fn default_port(self) -> u16 {
         match self {
             TlsMode::None => 25,
-            TlsMode::StartTls => 587,
+            TlsMode::Opportunistic | TlsMode::StartTls => 587,
             TlsMode::Implicit => 465,
         }
     }
 
     fn parse(value: &str) -> Result<Self, EmailError> {
-        match value {
+        match value.to_ascii_lowercase().as_str() {
             "none" => Ok(TlsMode::None),
-            "starttls" => Ok(TlsMode::StartTls),
+            "opportunistic" => Ok(TlsMode::Opportunistic),
+            "required" | "starttls" => Ok(TlsMode::StartTls),
             "implicit" => Ok(TlsMode::Implicit),
-            other => Err(EmailError::new(format!(
-                "invalid SMTP URL: unknown TLS mode {:?} (expected none, starttls or implicit)",
-                escape(other)
+            _ => Err(EmailError::new(format!(
+                "invalid SMTP URL: unknown TLS mode {:?} (expected none, opportunistic, required, starttls or implicit)",
+                escape(value)
             ))),
+        }
+    }
+
+    /// The URL word, for messages.
+    fn word(self) -> &'static str {
+        match self {
+            TlsMode::None => "none",
+            TlsMode::Opportunistic => "opportunistic",
+            TlsMode::StartTls => "required",
+            TlsMode::Implicit => "implicit",
         }
     }
 }
@@ -65,7 +87,10 @@ impl TlsMode {
 /// # Ok::<(), tower_vigil::sink::EmailError>(())
 /// ```
 ///
-/// With TLS ([`TlsMode::StartTls`], the default, or [`TlsMode::Implicit`]) the server's
+/// Without a TLS mode, a loopback host (`127.0.0.0/8`, `::1`, `localhost`: a local relay) gets
+/// [`TlsMode::Opportunistic`] on port 25 and any other host [`TlsMode::StartTls`] on port 587.
+///
+/// With TLS ([`TlsMode::StartTls`], [`TlsMode::Opportunistic`] or [`TlsMode::Implicit`]) the server's
 /// certificate must be valid for `host` and chain to a trusted root: by default the built-in
 /// [webpki roots](https://github.com/rustls/webpki-roots) (Mozilla's list), never the
 /// operating system's store. A server with a certificate from an internal CA is reached by
@@ -90,7 +115,8 @@ impl TlsMode {
 pub struct SmtpConfig {
     host: String,
     port: Option<u16>,
-    tls: TlsMode,
+    /// `None`: chosen by the host, see [`SmtpConfig::DEFAULT_TLS`].
+    tls: Option<TlsMode>,
     credentials: Option<(String, String)>,
     connect_timeout: Duration,
     command_timeout: Duration,
@@ -105,16 +131,21 @@ impl SmtpConfig {
     /// Default time the server has to answer each later command (STARTTLS, AUTH, MAIL, RCPT,
     /// DATA, QUIT): 30 s.
     pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-    /// Default protection of the connection: [`TlsMode::StartTls`].
+    /// Default protection of the connection to a host that is not a loopback address:
+    /// [`TlsMode::StartTls`].
     pub const DEFAULT_TLS: TlsMode = TlsMode::StartTls;
+    /// Default protection of the connection to a loopback host (`127.0.0.0/8`, `::1`,
+    /// `localhost`), such as a local relay: [`TlsMode::Opportunistic`], on port 25.
+    pub const DEFAULT_LOOPBACK_TLS: TlsMode = TlsMode::Opportunistic;
 
-    /// A server at `host` (a name or an IP address), with [`SmtpConfig::DEFAULT_TLS`], no
-    /// credentials and the default timeouts.
+    /// A server at `host` (a name or an IP address), with [`SmtpConfig::DEFAULT_TLS`] (or
+    /// [`SmtpConfig::DEFAULT_LOOPBACK_TLS`] for a loopback host), no credentials and the
+    /// default timeouts.
     pub fn new(host: impl Into<String>) -> Self {
         Self {
             host: host.into(),
             port: None,
-            tls: Self::DEFAULT_TLS,
+            tls: None,
             credentials: None,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             command_timeout: Self::DEFAULT_COMMAND_TIMEOUT,
@@ -122,23 +153,34 @@ impl SmtpConfig {
         }
     }
 
-    /// Reads `smtp://[user[:password]@]host[:port][?tls=none|starttls|implicit]` or
-    /// `smtps://…` (implicit TLS). More query parameters: `connect_timeout` and
-    /// `command_timeout`, as durations such as `10s` or `500ms`. User and password are
-    /// percent-decoded.
+    /// Reads `smtp://[user[:password]@]host[:port][?tls=…]` or `smtps://…` (implicit TLS),
+    /// in lettre's words or this crate's:
+    ///
+    /// | URL | mode | default port |
+    /// |---|---|---|
+    /// | `smtp://127.0.0.1`, `smtp://[::1]`, `smtp://localhost` | [`TlsMode::Opportunistic`] | 25 |
+    /// | `smtp://mail.example.com` | [`TlsMode::StartTls`] | 587 |
+    /// | `?tls=required` or `?tls=starttls` | [`TlsMode::StartTls`] | 587 |
+    /// | `?tls=opportunistic` | [`TlsMode::Opportunistic`] | 587 |
+    /// | `?tls=none` | [`TlsMode::None`] | 25 |
+    /// | `smtps://…` or `?tls=implicit` | [`TlsMode::Implicit`] | 465 |
+    ///
+    /// Unlike lettre, `smtp://` to a remote host without `tls=` requires STARTTLS rather than
+    /// sending in plain text. More query parameters: `connect_timeout` and `command_timeout`,
+    /// as durations such as `10s` or `500ms`. User and password are percent-decoded.
     ///
     /// # Errors
     ///
     /// A malformed URL, another scheme, a missing host, an unknown TLS mode or parameter, a
-    /// bad duration, or credentials that would cross the network in clear text
-    /// (`tls=none` to a host other than a loopback address). Error messages never contain the
-    /// password.
+    /// bad duration, or credentials that could cross the network in clear text (`tls=none`
+    /// or `tls=opportunistic` to a host other than a loopback address). Error messages never
+    /// contain the password.
     pub fn from_url(url: &str) -> Result<Self, EmailError> {
         let parsed = url::Url::parse(url)
             .map_err(|error| EmailError::new(format!("invalid SMTP URL: {error}")))?;
         let mut tls = match parsed.scheme() {
-            "smtp" => Self::DEFAULT_TLS,
-            "smtps" => TlsMode::Implicit,
+            "smtp" => None,
+            "smtps" => Some(TlsMode::Implicit),
             other => {
                 return Err(EmailError::new(format!(
                     "invalid SMTP URL: scheme {:?} is neither smtp nor smtps",
@@ -168,7 +210,7 @@ impl SmtpConfig {
                             "invalid SMTP URL: smtps:// means implicit TLS; use smtp:// for another mode",
                         ));
                     }
-                    tls = mode;
+                    tls = Some(mode);
                 }
                 "connect_timeout" => config.connect_timeout = parse_duration(&key, &value)?,
                 "command_timeout" => config.command_timeout = parse_duration(&key, &value)?,
@@ -190,15 +232,17 @@ impl SmtpConfig {
         Ok(config)
     }
 
-    /// Sets the port. Default: [`TlsMode::default_port`] of the TLS mode.
+    /// Sets the port. Default: [`TlsMode::default_port`] of the TLS mode, or 25 for a loopback
+    /// host with no TLS mode set.
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
         self
     }
 
-    /// Sets the TLS mode. Default: [`SmtpConfig::DEFAULT_TLS`].
+    /// Sets the TLS mode. Default: [`SmtpConfig::DEFAULT_TLS`], or
+    /// [`SmtpConfig::DEFAULT_LOOPBACK_TLS`] for a loopback host.
     pub fn tls(mut self, tls: TlsMode) -> Self {
-        self.tls = tls;
+        self.tls = Some(tls);
         self
     }
 
@@ -263,9 +307,23 @@ impl SmtpConfig {
         Ok(self)
     }
 
-    /// The port connected to: the one set, or the TLS mode's default.
+    /// The TLS mode used: the one set, or the host's default.
+    pub(crate) fn resolved_tls(&self) -> TlsMode {
+        match self.tls {
+            Some(mode) => mode,
+            None if is_loopback(&self.host) => Self::DEFAULT_LOOPBACK_TLS,
+            None => Self::DEFAULT_TLS,
+        }
+    }
+
+    /// The port connected to: the one set, or the default of the TLS mode (25 for a local
+    /// relay reached without a mode, as lettre's `smtp://` does).
     pub(crate) fn resolved_port(&self) -> u16 {
-        self.port.unwrap_or(self.tls.default_port())
+        match (self.port, self.tls) {
+            (Some(port), _) => port,
+            (None, None) if is_loopback(&self.host) => 25,
+            (None, _) => self.resolved_tls().default_port(),
+        }
     }
 
     /// Checks what a builder cannot check setter by setter.
@@ -278,10 +336,13 @@ impl SmtpConfig {
         if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
             return Err(EmailError::new("SMTP timeouts must be greater than zero"));
         }
-        if self.credentials.is_some() && self.tls == TlsMode::None && !is_loopback(&self.host) {
+        let tls = self.resolved_tls();
+        let may_be_plain = matches!(tls, TlsMode::None | TlsMode::Opportunistic);
+        if self.credentials.is_some() && may_be_plain && !is_loopback(&self.host) {
             return Err(EmailError::new(format!(
-                "SMTP credentials for {} would be sent in clear text with tls=none; use starttls or implicit",
-                self.host
+                "SMTP credentials for {} could be sent in clear text with tls={}; use tls=required or smtps://",
+                escape(&self.host),
+                tls.word()
             )));
         }
         Ok(())
@@ -302,7 +363,7 @@ impl fmt::Debug for SmtpConfig {
         f.debug_struct("SmtpConfig")
             .field("host", &self.host)
             .field("port", &self.resolved_port())
-            .field("tls", &self.tls)
+            .field("tls", &self.resolved_tls())
             .field(
                 "user",
                 &self.credentials.as_ref().map(|(user, _)| user.as_str()),
@@ -340,17 +401,26 @@ fn escape(value: &str) -> String {
     value.chars().flat_map(char::escape_default).collect()
 }
 
+/// 127.0.0.0/8, ::1 (also IPv4-mapped) and `localhost`: traffic that never leaves the machine.
 fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => false,
+    }
 }
 
 /// An SMTP client ready to send: the settings plus TLS parameters built once.
 pub(crate) struct SmtpClient {
     config: SmtpConfig,
+    mode: TlsMode,
     tls: Option<TlsParameters>,
     hello: ClientId,
 }
@@ -358,9 +428,10 @@ pub(crate) struct SmtpClient {
 impl SmtpClient {
     pub(crate) fn new(config: SmtpConfig) -> Result<Self, EmailError> {
         config.validate()?;
-        let tls = match config.tls {
+        let mode = config.resolved_tls();
+        let tls = match mode {
             TlsMode::None => None,
-            TlsMode::StartTls | TlsMode::Implicit => {
+            TlsMode::Opportunistic | TlsMode::StartTls | TlsMode::Implicit => {
                 // The default store is lettre's built-in webpki roots (feature rustls-tls).
                 let builder = config.root_certificates.iter().cloned().fold(
                     TlsParameters::builder(config.host.clone()),
@@ -374,7 +445,12 @@ impl SmtpClient {
             }
         };
         let hello = hello_name();
-        Ok(Self { config, tls, hello })
+        Ok(Self {
+            config,
+            mode,
+            tls,
+            hello,
+        })
     }
 
     pub(crate) fn endpoint(&self) -> String {
@@ -384,7 +460,7 @@ impl SmtpClient {
     /// One transaction on a fresh connection: connect, TLS, AUTH, MAIL, RCPT, DATA, QUIT.
     pub(crate) fn send(&self, message: &Message) -> Result<(), SendError> {
         let config = &self.config;
-        let wrapper = match config.tls {
+        let wrapper = match self.mode {
             TlsMode::Implicit => self.tls.as_ref(),
             _ => None,
         };
@@ -419,19 +495,51 @@ impl SmtpClient {
         connection
             .set_timeout(Some(config.command_timeout))
             .map_err(|e| SendError::transient(format!("SMTP {}: {e}", self.endpoint())))?;
-        if config.tls == TlsMode::StartTls {
-            let tls = self
-                .tls
-                .as_ref()
-                .expect("TLS parameters exist for STARTTLS");
-            connection
-                .starttls(tls, &self.hello)
-                .map_err(|e| self.error("STARTTLS", &e))?;
+        let offered = connection.can_starttls();
+        match self.mode {
+            TlsMode::StartTls | TlsMode::Opportunistic if offered => {
+                let tls = self
+                    .tls
+                    .as_ref()
+                    .expect("TLS parameters exist for STARTTLS");
+                connection
+                    .starttls(tls, &self.hello)
+                    .map_err(|e| self.error("STARTTLS", &e))?;
+            }
+            TlsMode::StartTls => {
+                return Err(self.refuse(
+                    "STARTTLS",
+                    "the server does not offer STARTTLS",
+                    Cause::NoStartTls,
+                ))
+            }
+            _ => {}
         }
         if let Some((user, password)) = &config.credentials {
+            // Checked when configured too; this keeps a plain-text login off the network even
+            // if that check is ever bypassed.
+            if !connection.is_encrypted() && !is_loopback(&config.host) {
+                return Err(self.refuse(
+                    "AUTH",
+                    "credentials would be sent in clear text",
+                    Cause::NoStartTls,
+                ));
+            }
+            let mechanisms = [Mechanism::Plain, Mechanism::Login];
+            if connection
+                .server_info()
+                .get_auth_mechanism(&mechanisms)
+                .is_none()
+            {
+                return Err(self.refuse(
+                    "AUTH",
+                    "the server offers neither AUTH PLAIN nor AUTH LOGIN",
+                    Cause::AuthUnavailable,
+                ));
+            }
             let credentials = Credentials::new(user.clone(), password.clone());
             connection
-                .auth(&[Mechanism::Plain, Mechanism::Login], &credentials)
+                .auth(&mechanisms, &credentials)
                 .map_err(|e| self.error("AUTH", &e))?;
         }
         connection
@@ -440,35 +548,136 @@ impl SmtpClient {
         Ok(())
     }
 
+    /// A refusal decided on this side: it would happen again, so it is not retried.
+    fn refuse(&self, stage: &str, why: &str, cause: Cause) -> SendError {
+        SendError::permanent(format!("SMTP {stage} at {}: {why}", self.endpoint()))
+            .diagnosed(cause.diagnosis(&self.config, self.mode))
+    }
+
     /// Classifies a lettre error: 5xx answers, client-side refusals (no STARTTLS, no common
     /// AUTH mechanism) and TLS failures would fail the same way again, so they are not retried.
     fn error(&self, stage: &str, error: &lettre::transport::smtp::Error) -> SendError {
         let message = format!("SMTP {stage} at {}: {error}", self.endpoint());
-        if error.is_permanent() || error.is_client() || error.is_tls() || is_tls_failure(error) {
+        let tls_failure = find_tls_error(error);
+        let permanent =
+            error.is_permanent() || error.is_client() || error.is_tls() || tls_failure.is_some();
+        let cause = match tls_failure {
+            Some(rustls::Error::InvalidCertificate(problem)) => {
+                Some(Cause::CertificateUntrusted(format!("{problem:?}")))
+            }
+            Some(other) => Some(Cause::TlsHandshake(other.to_string())),
+            None if has_io_error(error, std::io::ErrorKind::ConnectionRefused) => {
+                Some(Cause::ConnectionRefused)
+            }
+            None if error.is_timeout()
+                || has_io_error(error, std::io::ErrorKind::TimedOut)
+                || has_io_error(error, std::io::ErrorKind::WouldBlock) =>
+            {
+                Some(Cause::Timeout)
+            }
+            None if stage == "AUTH" && error.is_permanent() => Some(Cause::AuthRejected),
+            None => None,
+        };
+        let send_error = if permanent {
             SendError::permanent(message)
         } else {
             SendError::transient(message)
+        };
+        match cause {
+            Some(cause) => send_error.diagnosed(cause.diagnosis(&self.config, self.mode)),
+            None => send_error,
         }
     }
 }
 
-/// Whether a TLS error lies behind a network error. With rustls the handshake runs on the first
+/// The common reasons a delivery fails, each with the change that fixes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cause {
+    NoStartTls,
+    /// The certificate problem, as rustls names it.
+    CertificateUntrusted(String),
+    TlsHandshake(String),
+    ConnectionRefused,
+    Timeout,
+    AuthUnavailable,
+    AuthRejected,
+}
+
+impl Cause {
+    /// One line, `reason; fix`, for the ERROR log of the first failed delivery.
+    pub(crate) fn diagnosis(&self, config: &SmtpConfig, mode: TlsMode) -> String {
+        let at = config.endpoint();
+        match self {
+            Cause::NoStartTls => format!(
+                "relay {at} does not offer STARTTLS; for a local relay use `?tls=none`, for a \
+                 server speaking implicit TLS use `smtps://` (usually port 465)"
+            ),
+            Cause::CertificateUntrusted(problem) => format!(
+                "the certificate of {at} is not trusted ({problem}); trust its CA with \
+                 `SmtpConfig::root_certificate_pem` and connect by the name in the certificate, \
+                 or for a local relay use `?tls=none`"
+            ),
+            Cause::TlsHandshake(problem) => format!(
+                "TLS handshake with {at} failed ({problem}); check that the mode suits the port: \
+                 `smtps://` for implicit TLS (usually 465), `smtp://…?tls=required` for STARTTLS \
+                 (usually 587)"
+            ),
+            Cause::ConnectionRefused => format!(
+                "connection to {at} refused: nothing listens there; check host and port (a \
+                 local relay usually listens on 25, submission on 587, SMTPS on 465)"
+            ),
+            Cause::Timeout => format!(
+                "{at} did not answer in time (mode {}); check the firewall and the port (implicit \
+                 TLS to a STARTTLS port hangs too), or raise `connect_timeout`",
+                mode.word()
+            ),
+            Cause::AuthUnavailable => format!(
+                "{at} offers no AUTH PLAIN or LOGIN{}; remove the credentials if the relay \
+                 needs none, or use `?tls=required`: many servers offer AUTH only after STARTTLS",
+                if mode == TlsMode::None {
+                    " over plain text"
+                } else {
+                    ""
+                }
+            ),
+            Cause::AuthRejected => format!(
+                "{at} rejected the credentials; check user and password (percent-encode `@`, `:` \
+                 and `/` in a URL)"
+            ),
+        }
+    }
+}
+
+/// The rustls error behind a lettre error, if any. With rustls the handshake runs on the first
 /// read or write after connecting (implicit TLS) or after STARTTLS, so a rejected certificate
 /// reaches lettre as an I/O error that carries the `rustls::Error`.
-fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+fn find_tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut current = Some(error);
     while let Some(error) = current {
-        if error.is::<rustls::Error>() {
-            return true;
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
         }
         // `io::Error::source` skips the error it wraps, so look at that one directly.
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return true;
-            }
+        if let Some(tls) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        current = error.source();
+    }
+    None
+}
+
+fn has_io_error(error: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+        {
+            return true;
         }
         current = error.source();
     }
@@ -494,7 +703,7 @@ mod tests {
         let c =
             SmtpConfig::from_url("smtp://user:secret@mail.example.com:2587?tls=starttls").unwrap();
         assert_eq!(
-            (c.host.as_str(), c.resolved_port(), c.tls),
+            (c.host.as_str(), c.resolved_port(), c.resolved_tls()),
             ("mail.example.com", 2587, TlsMode::StartTls)
         );
         assert_eq!(
@@ -503,11 +712,17 @@ mod tests {
         );
 
         let c = SmtpConfig::from_url("smtp://mail.example.com").unwrap();
-        assert_eq!((c.resolved_port(), c.tls), (587, TlsMode::StartTls));
+        assert_eq!(
+            (c.resolved_port(), c.resolved_tls()),
+            (587, TlsMode::StartTls)
+        );
         assert!(c.credentials.is_none());
 
         let c = SmtpConfig::from_url("smtps://u%40x.org:p%3Fw%25@mail.example.com").unwrap();
-        assert_eq!((c.resolved_port(), c.tls), (465, TlsMode::Implicit));
+        assert_eq!(
+            (c.resolved_port(), c.resolved_tls()),
+            (465, TlsMode::Implicit)
+        );
         assert_eq!(
             c.credentials,
             Some(("u@x.org".to_owned(), "p?w%".to_owned()))
@@ -517,7 +732,7 @@ mod tests {
             "smtp://127.0.0.1:2525?tls=none&connect_timeout=250ms&command_timeout=2s",
         )
         .unwrap();
-        assert_eq!((c.resolved_port(), c.tls), (2525, TlsMode::None));
+        assert_eq!((c.resolved_port(), c.resolved_tls()), (2525, TlsMode::None));
         assert_eq!(c.connect_timeout, Duration::from_millis(250));
         assert_eq!(c.command_timeout, Duration::from_secs(2));
 
@@ -525,6 +740,115 @@ mod tests {
         assert_eq!(c.endpoint(), "[::1]:25");
         let c = SmtpConfig::from_url("smtp://localhost?tls=none").unwrap();
         assert_eq!(c.resolved_port(), 25);
+    }
+
+    #[test]
+    fn lettre_words_and_loopback_defaults() {
+        let mode = |url: &str| {
+            let c = SmtpConfig::from_url(url).unwrap();
+            (c.resolved_tls(), c.resolved_port())
+        };
+        // lettre's words.
+        assert_eq!(
+            mode("smtp://mail.example.com?tls=required"),
+            (TlsMode::StartTls, 587)
+        );
+        assert_eq!(
+            mode("smtp://mail.example.com?tls=opportunistic"),
+            (TlsMode::Opportunistic, 587)
+        );
+        assert_eq!(mode("smtps://mail.example.com"), (TlsMode::Implicit, 465));
+        assert_eq!(
+            mode("smtp://mail.example.com?tls=Required"),
+            (TlsMode::StartTls, 587)
+        );
+        // A remote host keeps STARTTLS required; a loopback one gets a local relay's defaults.
+        assert_eq!(mode("smtp://mail.example.com"), (TlsMode::StartTls, 587));
+        for local in [
+            "smtp://127.0.0.1",
+            "smtp://127.8.9.10",
+            "smtp://[::1]",
+            "smtp://localhost",
+            "smtp://LocalHost.",
+            "smtp://[::ffff:127.0.0.1]",
+        ] {
+            assert_eq!(mode(local), (TlsMode::Opportunistic, 25), "{local}");
+        }
+        assert_eq!(
+            mode("smtp://127.0.0.1:2525"),
+            (TlsMode::Opportunistic, 2525)
+        );
+        assert_eq!(
+            mode("smtp://127.0.0.1?tls=required"),
+            (TlsMode::StartTls, 587)
+        );
+        // The builder follows the same rules.
+        let c = SmtpConfig::new("127.0.0.1");
+        assert_eq!(
+            (c.resolved_tls(), c.resolved_port()),
+            (TlsMode::Opportunistic, 25)
+        );
+        let c = SmtpConfig::new("mail.example.com");
+        assert_eq!(
+            (c.resolved_tls(), c.resolved_port()),
+            (TlsMode::StartTls, 587)
+        );
+        for host in ["127.0.0.1.example.com", "localhost.example.com", "10.0.0.1"] {
+            assert_eq!(
+                SmtpConfig::new(host).resolved_tls(),
+                TlsMode::StartTls,
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_never_go_to_a_remote_host_in_clear_text() {
+        for url in [
+            "smtp://u:hunter2@mail.example.com?tls=none",
+            "smtp://u:hunter2@mail.example.com?tls=opportunistic",
+            "smtp://u:hunter2@10.0.0.1?tls=opportunistic",
+        ] {
+            let error = SmtpConfig::from_url(url).unwrap_err().to_string();
+            assert!(error.contains("clear text"), "{url}: {error}");
+            assert!(!error.contains("hunter2"), "{url}: {error}");
+        }
+        let builder = SmtpConfig::new("mail.example.com")
+            .credentials("u", "hunter2")
+            .tls(TlsMode::Opportunistic);
+        assert!(SmtpClient::new(builder).is_err());
+        for url in [
+            "smtp://u:p@127.0.0.1:2525",
+            "smtp://u:p@localhost?tls=none",
+            "smtp://u:p@mail.example.com",
+            "smtps://u:p@mail.example.com",
+        ] {
+            assert!(SmtpConfig::from_url(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn common_failures_are_diagnosed_with_their_fix() {
+        let config = SmtpConfig::from_url("smtp://127.0.0.1:2525").unwrap();
+        let mode = config.resolved_tls();
+        let no_starttls = Cause::NoStartTls.diagnosis(&config, mode);
+        assert!(
+            no_starttls.starts_with("relay 127.0.0.1:2525 does not offer STARTTLS")
+                && no_starttls.contains("for a local relay use `?tls=none`"),
+            "{no_starttls}"
+        );
+        let untrusted =
+            Cause::CertificateUntrusted("UnknownIssuer".into()).diagnosis(&config, mode);
+        assert!(
+            untrusted.contains("UnknownIssuer") && untrusted.contains("root_certificate_pem"),
+            "{untrusted}"
+        );
+        assert!(Cause::ConnectionRefused
+            .diagnosis(&config, mode)
+            .contains("refused"));
+        assert!(Cause::AuthRejected
+            .diagnosis(&config, mode)
+            .contains("check user and password"));
     }
 
     #[test]
@@ -622,9 +946,9 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
-        assert!(is_tls_failure(&io));
+        assert!(find_tls_error(&io).is_some());
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
-        assert!(!is_tls_failure(&io));
+        assert!(find_tls_error(&io).is_none());
     }
 
     #[test]
@@ -670,6 +994,11 @@ mod tests {
         serve.join().unwrap();
         assert!(error.permanent, "{}", error.message);
         assert!(error.message.contains("UnknownIssuer"), "{}", error.message);
+        let diagnosis = error.diagnosis.unwrap_or_default();
+        assert!(
+            diagnosis.contains("is not trusted (UnknownIssuer)"),
+            "{diagnosis}"
+        );
     }
 
     #[test]
@@ -695,5 +1024,10 @@ mod tests {
             error.message
         );
         assert!(!error.message.contains("hunter2"), "{}", error.message);
+        let diagnosis = error.diagnosis.unwrap_or_default();
+        assert!(
+            diagnosis.contains(&format!("connection to 127.0.0.1:{port} refused")),
+            "{diagnosis}"
+        );
     }
 }

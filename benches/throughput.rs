@@ -1,0 +1,402 @@
+//! End-to-end throughput over loopback HTTP/1.1, with no outside tool: bare axum against
+//! tower-http's `TimeoutLayer`, each vigil layer alone and `Vigil` stacks, in alternated rounds.
+//!
+//! `cargo bench --bench throughput [-- NAME]` (only variants whose name contains NAME). The
+//! server runs one current-thread runtime on one core, the load generator (a hyper client
+//! over keep-alive connections) one current-thread runtime on another; each round warms up,
+//! then counts responses for a fixed time. Settings, from the environment:
+//!
+//! | variable | default | |
+//! |---|---|---|
+//! | `VIGIL_BENCH_ROUNDS` | 5 | rounds; each variant once per round, in rotated order |
+//! | `VIGIL_BENCH_SECS` | 2 | measured seconds per variant and round |
+//! | `VIGIL_BENCH_WARMUP_MS` | 500 | warm-up before each measurement |
+//! | `VIGIL_BENCH_CONNECTIONS` | 64 | keep-alive connections of the load generator |
+//!
+//! With 8 variants the defaults take about 2 minutes. The same server can be measured with wrk
+//! or oha: `VIGIL_BENCH_SERVE=NAME` serves that variant on `VIGIL_BENCH_PORT` (default 3000)
+//! until killed (see the README for the commands).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tower::Layer;
+use tower_http::timeout::TimeoutLayer;
+use tower_vigil::config::WatchdogConfig;
+use tower_vigil::profiler::{ProfilerLayer, SharedSecret};
+use tower_vigil::sink::LogSink;
+use tower_vigil::timebox::{Isolation, TimeboxLayer};
+use tower_vigil::watchdog::WatchdogLayer;
+use tower_vigil::Vigil;
+
+/// Every variant measured, with the layer it puts around the router. All layer construction
+/// lives here, so a change of the builders' API touches this function only.
+fn variants() -> Vec<(&'static str, Wrap)> {
+    let threshold = WatchdogConfig::default().threshold;
+    let watchdog = || WatchdogLayer::new(threshold);
+    let timebox = || TimeboxLayer::supervisor_timeout(Duration::from_secs(30)).expect("30 s");
+    let timebox_with = |isolation: Isolation| {
+        TimeboxLayer::builder_for_supervisor(Duration::from_secs(30))
+            .isolation_mode(isolation)
+            .build()
+            .expect("30 s")
+    };
+    let profiler = || ProfilerLayer::new().authorize(SharedSecret::new("bench-secret"));
+    let everything = Vigil::new()
+        .profiler(
+            ProfilerLayer::builder()
+                .authorize(SharedSecret::new("bench-secret"))
+                .header_trigger(true)
+                .build()
+                .expect("valid"),
+        )
+        .watchdog(
+            WatchdogLayer::builder(threshold)
+                .sink(LogSink::new())
+                .report_headers([header::HOST, header::USER_AGENT])
+                .redact_query_param("token")
+                .ignore_path("/health")
+                .ignore_if(|parts| parts.headers.contains_key(header::UPGRADE))
+                .build()
+                .expect("valid"),
+        )
+        .timebox(
+            TimeboxLayer::builder_for_supervisor(Duration::from_secs(30))
+                .soft_deadline(Duration::from_secs(20))
+                .wait_timeout(Duration::from_secs(10))
+                .body_deadline(true)
+                .deadline_extension(true)
+                .isolation_mode(Isolation::Always)
+                .escalate_after(10, Duration::from_secs(60), |_| {})
+                .build()
+                .expect("valid"),
+        );
+    vec![
+        ("bare axum", wrap(tower::layer::util::Identity::new())),
+        (
+            "tower-http TimeoutLayer",
+            wrap(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Duration::from_secs(27),
+            )),
+        ),
+        ("WatchdogLayer", wrap(watchdog())),
+        (
+            "TimeboxLayer (defaults: adaptive isolation)",
+            wrap(timebox()),
+        ),
+        (
+            "TimeboxLayer (isolation always)",
+            wrap(timebox_with(Isolation::Always)),
+        ),
+        (
+            "TimeboxLayer (isolation never)",
+            wrap(timebox_with(Isolation::Never)),
+        ),
+        ("ProfilerLayer (authorized)", wrap(profiler())),
+        (
+            "Vigil (defaults)",
+            wrap(
+                Vigil::new()
+                    .profiler(profiler())
+                    .watchdog(watchdog())
+                    .timebox(timebox()),
+            ),
+        ),
+        ("Vigil (every option on)", wrap(everything)),
+    ]
+}
+
+/// Puts a layer around a router; built once per variant and applied for each round.
+type Wrap = Arc<dyn Fn(Router) -> Router + Send + Sync>;
+
+fn wrap<L>(layer: L) -> Wrap
+where
+    L: Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+    L::Service: tower::Service<Request<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+    <L::Service as tower::Service<Request<Body>>>::Response: axum::response::IntoResponse + 'static,
+    <L::Service as tower::Service<Request<Body>>>::Future: Send + 'static,
+{
+    Arc::new(move |router: Router| router.layer(layer.clone()))
+}
+
+/// A small JSON answer, serialized per request as a handler would.
+#[derive(serde::Serialize)]
+struct Job {
+    id: u64,
+    name: &'static str,
+    state: &'static str,
+    progress: f32,
+}
+
+async fn job() -> Response<Body> {
+    let job = Job {
+        id: 42,
+        name: "nightly-export",
+        state: "running",
+        progress: 0.5,
+    };
+    let body = serde_json::to_vec(&job).expect("serializable");
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("a valid response")
+}
+
+fn app(wrap: &Wrap) -> Router {
+    wrap(Router::new().route("/api/job", get(job)))
+}
+
+struct Settings {
+    rounds: usize,
+    measure: Duration,
+    warmup: Duration,
+    connections: usize,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid number")),
+        Err(_) => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        Self {
+            rounds: env_or("VIGIL_BENCH_ROUNDS", 5usize).max(1),
+            measure: Duration::from_secs_f64(env_or("VIGIL_BENCH_SECS", 2.0f64)),
+            warmup: Duration::from_millis(env_or("VIGIL_BENCH_WARMUP_MS", 500u64)),
+            connections: env_or("VIGIL_BENCH_CONNECTIONS", 64usize).max(1),
+        }
+    }
+}
+
+/// Pins the calling thread to the `index`-th core, when there is one. With fewer than two cores
+/// the threads share, and the figures say less.
+fn pin_to_core(index: usize) -> bool {
+    core_affinity::get_core_ids()
+        .and_then(|ids| ids.get(index).copied())
+        .is_some_and(core_affinity::set_for_current)
+}
+
+/// A server on its own OS thread with one current-thread runtime, stopped by dropping it.
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(router: Router, port: u16) -> Self {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-server".into())
+            .spawn(move || {
+                pin_to_core(0);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                runtime.block_on(async move {
+                    use axum::serve::ListenerExt;
+                    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                        .await
+                        .expect("a port on 127.0.0.1");
+                    ready_tx.send(listener.local_addr().unwrap()).unwrap();
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async {
+                            let _ = stopped.await;
+                        })
+                        .await
+                        .expect("the server runs");
+                });
+            })
+            .expect("a server thread");
+        let addr = ready_rx.recv().expect("the server's address");
+        Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Requests per second over `connections` keep-alive connections, counted for `measure`
+/// after `warmup`; runs on its own OS thread with one current-thread runtime.
+fn load(addr: SocketAddr, settings: &Settings) -> f64 {
+    let (connections, warmup, measure) = (settings.connections, settings.warmup, settings.measure);
+    std::thread::Builder::new()
+        .name("bench-client".into())
+        .spawn(move || {
+            pin_to_core(1);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(generate(addr, connections, warmup, measure))
+        })
+        .expect("a client thread")
+        .join()
+        .expect("the load generator")
+}
+
+async fn generate(
+    addr: SocketAddr,
+    connections: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("a connection");
+        tcp.set_nodelay(true).expect("TCP_NODELAY");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("an HTTP/1.1 handshake");
+        tokio::spawn(connection);
+        let (done, stop) = (done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let request = Request::get("/api/job")
+                    .header(header::HOST, "127.0.0.1")
+                    .header(header::USER_AGENT, "vigil-bench")
+                    .body(Empty::<Bytes>::new())
+                    .expect("a valid request");
+                sender.ready().await.expect("the connection stays open");
+                let response = sender.send_request(request).await.expect("a response");
+                assert_eq!(response.status(), StatusCode::OK, "the route must answer");
+                let body = response.into_body().collect().await.expect("the body");
+                std::hint::black_box(body);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    let (started, before) = (Instant::now(), done.load(Ordering::Relaxed));
+    tokio::time::sleep(measure).await;
+    let (elapsed, after) = (started.elapsed(), done.load(Ordering::Relaxed));
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("a client task");
+    }
+    (after - before) as f64 / elapsed.as_secs_f64()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}
+
+fn main() {
+    let variants = variants();
+    if let Ok(name) = std::env::var("VIGIL_BENCH_SERVE") {
+        let (name, wrap) = variants
+            .iter()
+            .find(|(variant, _)| variant.to_lowercase().contains(&name.to_lowercase()))
+            .unwrap_or_else(|| panic!("no variant named like {name:?}"));
+        let server = Server::start(app(wrap), env_or("VIGIL_BENCH_PORT", 3000u16));
+        println!(
+            "serving {name} on http://{}/api/job until killed",
+            server.addr
+        );
+        loop {
+            std::thread::park();
+        }
+    }
+    // `cargo bench` passes `--bench`; any other word picks variants by name.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .map(|arg| arg.to_lowercase())
+        .collect();
+    let picked: Vec<usize> = (0..variants.len())
+        .filter(|&i| {
+            i == 0
+                || filters.is_empty()
+                || filters
+                    .iter()
+                    .any(|f| variants[i].0.to_lowercase().contains(f))
+        })
+        .collect();
+    let settings = Settings::from_env();
+    let cores = core_affinity::get_core_ids().map_or(0, |ids| ids.len());
+    println!(
+        "throughput: {} rounds x {} variants, {:?} measured after {:?} warm-up, {} connections, \
+         GET /api/job (JSON); server and client pinned to cores 0 and 1 of {cores}",
+        settings.rounds,
+        picked.len(),
+        settings.measure,
+        settings.warmup,
+        settings.connections,
+    );
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 0..settings.rounds {
+        // Rotated each round, so no variant always follows the same one.
+        for k in 0..picked.len() {
+            let i = picked[(k + round) % picked.len()];
+            let (name, wrap) = &variants[i];
+            let server = Server::start(app(wrap), 0);
+            let rate = load(server.addr, &settings);
+            drop(server);
+            eprintln!("round {}: {name:<30} {rate:>9.0} req/s", round + 1);
+            rates[i].push(rate);
+        }
+    }
+    let mut bare = rates[0].clone();
+    let bare_median = median(&mut bare);
+    println!();
+    println!("| server | req/s (median) | min .. max | vs bare (median of per-round ratios) |");
+    println!("|---|---|---|---|");
+    for &i in &picked {
+        let mut values = rates[i].clone();
+        let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(r, b)| r / b).collect();
+        let mut ratios = ratios;
+        let value = median(&mut values);
+        println!(
+            "| {} | {:.1}k | {:.1}k .. {:.1}k | {:.3} |",
+            variants[i].0,
+            value / 1000.0,
+            values[0] / 1000.0,
+            values[values.len() - 1] / 1000.0,
+            median(&mut ratios),
+        );
+    }
+    println!("\nbare axum median: {bare_median:.0} req/s");
+}
