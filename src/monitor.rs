@@ -26,7 +26,6 @@ use crate::sink::reporter::{AwaitingEvidence, RawReport, StackEvidence};
 use crate::stack;
 use crate::timebox::part::DeadlinePart;
 use crate::tracked::Parts;
-use crate::watchdog::awaiting::ProbeRequest;
 use crate::watchdog::part::WatchPart;
 
 /// The longest the monitor sleeps when nothing is due.
@@ -255,22 +254,17 @@ fn slow_report(
         (StackEvidence::Known(Err(StackStatus::Disabled)), None)
     } else if tid == 0 {
         // Pending: wake its task once for a probe poll; the reporter collects the findings.
-        awaiting = Some(if slot.request_probe(id) {
-            // Two ticks, but never so short that a merely busy runtime reads as a starved one.
-            let waited = (2 * watch.resolution).max(Duration::from_millis(100));
-            AwaitingEvidence::Probe(ProbeRequest {
-                slot: slot.clone(),
-                id,
-                registry: registry.clone(),
-                deadline: Instant::now() + waited,
-                waited,
-                capture_timeout: watch.capture_timeout,
-            })
-        } else {
-            AwaitingEvidence::Unavailable(
-                "the request has not waited yet (no task waker was kept for it)",
-            )
-        });
+        // Two ticks, but never so short that a merely busy runtime reads as a starved one.
+        let waited = (2 * watch.resolution).max(Duration::from_millis(100));
+        awaiting = Some(
+            match crate::watchdog::awaiting::request_probe(slot, id, waited, watch.capture_timeout)
+            {
+                Some(probe) => AwaitingEvidence::Probe(probe),
+                None => AwaitingEvidence::Unavailable(
+                    "the request has not waited yet (no task waker was kept for it)",
+                ),
+            },
+        );
         (StackEvidence::Known(Err(StackStatus::Pending)), None)
     } else {
         let thread = ThreadInfo {
@@ -413,6 +407,9 @@ fn run(registry: Arc<Registry>) {
         crate::metrics::publish_if_due();
 
         let now = registry.clock.now_ns();
+        if let Some(at) = crate::watchdog::awaiting::check_waiting(&registry) {
+            next = next.min(registry.clock.ns_at(at));
+        }
         let wake_at = next.min(now + IDLE_SLEEP.as_nanos() as u64);
         if !registry.wake.going_to_sleep(wake_at) {
             continue;

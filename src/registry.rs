@@ -296,6 +296,14 @@ impl Slot {
             .unwrap_or_else(|e| e.into_inner()) = Some((id, findings));
     }
 
+    /// Whether the probe poll of request `id` has run.
+    pub(crate) fn has_probe_findings(&self, id: u64) -> bool {
+        matches!(
+            &*self.probe_findings.lock().unwrap_or_else(|e| e.into_inner()),
+            Some((probed, _)) if *probed == id
+        )
+    }
+
     /// What the probe poll of request `id` found, once it has run.
     pub(crate) fn take_probe_findings(&self, id: u64) -> Option<ProbeFindings> {
         let mut slot = self

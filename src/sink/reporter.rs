@@ -22,7 +22,7 @@ pub(crate) enum StackEvidence {
 }
 
 impl StackEvidence {
-    fn resolve(self, counters: &DeliveryCounters) -> Result<RawStack, StackStatus> {
+    pub(crate) fn resolve(self, counters: &DeliveryCounters) -> Result<RawStack, StackStatus> {
         let (capture, deadline, timeout) = match self {
             StackEvidence::Known(known) => return known,
             StackEvidence::Awaited {
@@ -76,7 +76,7 @@ impl RawReport {
             Err(status) => (status, Vec::new()),
         };
         report.awaiting = self.awaiting.map(|evidence| match evidence {
-            AwaitingEvidence::Probe(probe) => probe.resolve(),
+            AwaitingEvidence::Probe(probe) => probe.resolve(counters),
             AwaitingEvidence::Unavailable(reason) => crate::watchdog::awaiting::unavailable(reason),
         });
         report.helper_threads = self

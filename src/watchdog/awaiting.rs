@@ -1,7 +1,7 @@
 //! Where a pending request awaits: the monitor asks for a probe poll, the reporter collects
 //! what it found here, on the reporter thread, where waiting is allowed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::registry::{Registry, Seen, Slot};
@@ -9,91 +9,173 @@ use crate::report::{
     AwaitStatus, AwaitedLeaf, Awaiting, BusyThread, Frame, FrameOrigin, LeafSignal, StackStatus,
     ThreadInfo,
 };
+use crate::sink::reporter::{DeliveryCounters, StackEvidence};
 use crate::stack::probe::{self as probe, ProbeFindings, RawLeaf};
 use crate::stack::{self, RawStack};
+
+/// The threads busy in one long poll when a probe went unanswered, with their captures under
+/// way: taken by the monitor at the probe's deadline, collected by the reporter.
+pub(crate) type BusySnapshot = Vec<(ThreadInfo, u64, f64, StackEvidence)>;
 
 /// A probe poll the monitor asked for, and how long to wait for it.
 pub(crate) struct ProbeRequest {
     pub(crate) slot: Arc<Slot>,
     pub(crate) id: u64,
-    pub(crate) registry: Arc<Registry>,
     /// When the task has had its chance to be polled.
     pub(crate) deadline: Instant,
     pub(crate) waited: Duration,
-    pub(crate) capture_timeout: Duration,
+    /// Filled by the monitor at the deadline when the probe was not polled.
+    pub(crate) busy: Arc<Mutex<Option<BusySnapshot>>>,
 }
 
+/// Probes waiting for their deadline, checked by the monitor on every wake-up.
+static WAITING: Mutex<Vec<WaitingProbe>> = Mutex::new(Vec::new());
+
+struct WaitingProbe {
+    slot: Arc<Slot>,
+    id: u64,
+    deadline: Instant,
+    capture_timeout: Duration,
+    busy: Arc<Mutex<Option<BusySnapshot>>>,
+}
+
+/// Asks for a probe poll of request `id` and returns what the reporter will wait on; `None`
+/// when the request never waited (no task waker was kept for it).
+pub(crate) fn request_probe(
+    slot: &Arc<Slot>,
+    id: u64,
+    waited: Duration,
+    capture_timeout: Duration,
+) -> Option<ProbeRequest> {
+    if !slot.request_probe(id) {
+        return None;
+    }
+    let deadline = Instant::now() + waited;
+    let busy = Arc::new(Mutex::new(None));
+    lock(&WAITING).push(WaitingProbe {
+        slot: slot.clone(),
+        id,
+        deadline,
+        capture_timeout,
+        busy: busy.clone(),
+    });
+    Some(ProbeRequest {
+        slot: slot.clone(),
+        id,
+        deadline,
+        waited,
+        busy,
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// On the monitor: for every probe past its deadline and still not polled, starts captures
+/// of the threads busy in a poll right now. Returns the earliest deadline still waiting.
+pub(crate) fn check_waiting(registry: &Registry) -> Option<Instant> {
+    let mut waiting = lock(&WAITING);
+    if waiting.is_empty() {
+        return None;
+    }
+    let now = Instant::now();
+    let mut due = Vec::new();
+    waiting.retain(|probe| {
+        if probe.slot.has_probe_findings(probe.id) || probe.slot.current_id() != probe.id {
+            return false;
+        }
+        if probe.deadline <= now {
+            due.push((probe.id, probe.capture_timeout, probe.busy.clone()));
+            return false;
+        }
+        true
+    });
+    let next = waiting.iter().map(|probe| probe.deadline).min();
+    drop(waiting);
+    for (id, capture_timeout, busy) in due {
+        *lock(&busy) = Some(busy_threads(registry, id, capture_timeout));
+    }
+    next
+}
+
+/// Starts a capture of every thread inside a poll of another request, without waiting.
+fn busy_threads(registry: &Registry, except: u64, capture_timeout: Duration) -> BusySnapshot {
+    let mut busy = Vec::new();
+    let now = registry.clock.now_ns();
+    registry.scan(|slot, seen| {
+        let id = match seen {
+            Seen::Running { id } | Seen::Stuck { id } => id,
+            Seen::FinishedAfterStuck { .. } => return,
+        };
+        let tid = slot.polling_tid();
+        if tid == 0 || id == except {
+            return;
+        }
+        let evidence = match stack::start_capture(tid, id) {
+            Ok(capture) => StackEvidence::Awaited {
+                capture,
+                deadline: Instant::now() + capture_timeout,
+                timeout: capture_timeout,
+            },
+            Err(error) => StackEvidence::Known(Err(error.into())),
+        };
+        let thread = ThreadInfo {
+            tid,
+            name: stack::thread_name(tid),
+        };
+        let elapsed = Duration::from_nanos(now.saturating_sub(slot.started_ns())).as_secs_f64();
+        busy.push((thread, id, elapsed, evidence));
+    });
+    busy
+}
+
+/// How long the reporter waits past the deadline for the monitor's snapshot.
+const SNAPSHOT_GRACE: Duration = Duration::from_secs(2);
+
 impl ProbeRequest {
-    /// Waits for the probe poll (up to the deadline) and turns what it found into report data.
-    pub(crate) fn resolve(self) -> Awaiting {
+    /// Waits for the probe poll, or for the monitor's snapshot of busy threads, and turns what
+    /// came into report data. Runs on the reporter thread.
+    pub(crate) fn resolve(self, counters: &DeliveryCounters) -> Awaiting {
         loop {
             if let Some(findings) = self.slot.take_probe_findings(self.id) {
                 return from_findings(findings);
             }
-            if Instant::now() >= self.deadline {
-                return self.not_polled();
+            if let Some(busy) = lock(&self.busy).take() {
+                return not_polled(self.waited, busy, counters);
+            }
+            if Instant::now() >= self.deadline + SNAPSHOT_GRACE {
+                return unavailable("the probe was neither polled nor checked in time");
             }
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
 
-    /// Nobody polled the woken task: show who keeps the workers busy.
-    fn not_polled(&self) -> Awaiting {
-        let mut busy = Vec::new();
-        let clock = &self.registry.clock;
-        self.registry.scan(|slot, seen| {
-            let id = match seen {
-                Seen::Running { id } | Seen::Stuck { id } => id,
-                Seen::FinishedAfterStuck { .. } => return,
+fn not_polled(waited: Duration, busy: BusySnapshot, counters: &DeliveryCounters) -> Awaiting {
+    let busy_threads = busy
+        .into_iter()
+        .map(|(thread, request_id, request_elapsed_secs, evidence)| {
+            let (stack_status, stack) = match evidence.resolve(counters) {
+                Ok(raw) => (StackStatus::Captured, stack::resolve(&raw)),
+                Err(status) => (status, Vec::new()),
             };
-            let tid = slot.polling_tid();
-            if tid != 0 && id != self.id {
-                busy.push((tid, id, slot.started_ns(), slot.clone()));
+            BusyThread {
+                thread,
+                request_id,
+                request_elapsed_secs,
+                stack_status,
+                stack,
             }
-        });
-        let now = clock.now_ns();
-        let busy_threads = busy
-            .into_iter()
-            .map(|(tid, id, started, slot)| {
-                let capture = || {
-                    stack::start_capture(tid, id).and_then(|capture| {
-                        capture.wait_until(Instant::now() + self.capture_timeout)
-                    })
-                };
-                let mut result = capture();
-                // A capture racing the monitor's own capture of the same thread can miss its
-                // poll; the registry says whether the thread still polls the request.
-                if matches!(result, Err(stack::CaptureError::PollEnded))
-                    && slot.polling_tid() == tid
-                    && slot.current_id() == id
-                {
-                    result = capture();
-                }
-                let (stack_status, stack) = match result {
-                    Ok(raw) => (StackStatus::Captured, stack::resolve(&raw)),
-                    Err(error) => (StackStatus::from(error), Vec::new()),
-                };
-                BusyThread {
-                    thread: ThreadInfo {
-                        tid,
-                        name: stack::thread_name(tid),
-                    },
-                    request_id: id,
-                    request_elapsed_secs: Duration::from_nanos(now.saturating_sub(started))
-                        .as_secs_f64(),
-                    stack_status,
-                    stack,
-                }
-            })
-            .collect();
-        Awaiting {
-            status: AwaitStatus::NotPolled {
-                waited_ms: self.waited.as_millis() as u64,
-            },
-            leaves: Vec::new(),
-            more_leaves: 0,
-            busy_threads,
-        }
+        })
+        .collect();
+    Awaiting {
+        status: AwaitStatus::NotPolled {
+            waited_ms: waited.as_millis() as u64,
+        },
+        leaves: Vec::new(),
+        more_leaves: 0,
+        busy_threads,
     }
 }
 
