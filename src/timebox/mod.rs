@@ -89,10 +89,10 @@ mod service;
 pub(crate) mod shed;
 
 pub use self::body::{BodyDeadlineElapsed, TimeboxBody};
+pub(crate) use self::deadline::{request_deadline_in_force, ActiveDeadline, DeadlineScope};
 pub use self::deadline::{
     spawn_blocking, timebox, Deadline, DeadlineKind, Elapsed, Quota, Timeboxed,
 };
-pub(crate) use self::deadline::{ActiveDeadline, DeadlineScope};
 pub use self::future::ResponseFuture;
 pub use self::layer::{InlineTimeboxLayer, TimeboxBuilder, TimeboxLayer, TimeboxStats};
 pub use self::service::{InlineTimebox, Timebox};
