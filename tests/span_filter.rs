@@ -33,9 +33,7 @@ async fn a_global_warn_filter_hides_info_spans_and_is_explained() {
                     tokio::time::sleep(Duration::from_millis(400)).await;
                 }
                 .instrument(tracing::info_span!("hidden_by_the_filter"));
-                hidden
-                    .instrument(tracing::warn_span!("seen_at_warn"))
-                    .await;
+                hidden.instrument(tracing::warn_span!("seen_at_warn")).await;
                 "ok"
             }),
         )
