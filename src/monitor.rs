@@ -20,10 +20,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::error::ConfigError;
 use crate::registry::{Dues, Registry, Seen, Slot, HARD_FIRED, NEVER, SOFT_FIRED, WEDGED};
 use crate::report::{Completion, ReportKind, ReportTrigger, StackStatus, ThreadInfo};
-use crate::sink::reporter::{PendingReport, StackEvidence};
+use crate::sink::reporter::{AwaitingEvidence, PendingReport, StackEvidence};
 use crate::stack;
 use crate::timebox::part::DeadlinePart;
 use crate::tracked::Parts;
+use crate::watchdog::awaiting::ProbeRequest;
 use crate::watchdog::part::WatchPart;
 
 /// The longest the monitor sleeps when nothing is due.
@@ -94,13 +95,36 @@ pub(crate) fn dues(parts: &Parts, started: u64, watched: bool) -> Dues {
 
 /// What fired a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Trigger {
+pub(crate) enum Trigger {
     Threshold,
     SoftDeadline,
     HardDeadline,
+    Shutdown,
 }
 
-fn fire(registry: &Registry, slot: &Slot, seen: Seen, now: u64) {
+/// Reports every request of `watch` still in flight, now, on the calling thread; returns how
+/// many. Each then gets a completion record when it ends.
+pub(crate) fn report_in_flight(registry: &Arc<Registry>, watch: &Arc<WatchPart>) -> usize {
+    let mut in_flight = Vec::new();
+    registry.scan(|slot, seen| {
+        if let Seen::Running { id } | Seen::Stuck { id } = seen {
+            in_flight.push((slot.clone(), id));
+        }
+    });
+    let mut reported = 0;
+    for (slot, id) in in_flight {
+        let mine = slot
+            .parts_of(id)
+            .is_some_and(|parts| parts.watches_with(watch));
+        if mine && slot.mark_stuck(id) {
+            report(registry, watch, &slot, id, Trigger::Shutdown);
+            reported += 1;
+        }
+    }
+    reported
+}
+
+fn fire(registry: &Arc<Registry>, slot: &Arc<Slot>, seen: Seen, now: u64) {
     let id = match seen {
         Seen::Running { id } | Seen::Stuck { id } | Seen::FinishedAfterStuck { id } => id,
     };
@@ -146,10 +170,10 @@ fn fire(registry: &Registry, slot: &Slot, seen: Seen, now: u64) {
 }
 
 fn fire_deadlines(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     deadlines: &DeadlinePart,
     watch: Option<&WatchPart>,
-    slot: &Slot,
+    slot: &Arc<Slot>,
     id: u64,
     now: u64,
 ) {
@@ -193,7 +217,13 @@ fn fire_deadlines(
     }
 }
 
-fn report(registry: &Registry, watch: &WatchPart, slot: &Slot, id: u64, trigger: Trigger) {
+fn report(
+    registry: &Arc<Registry>,
+    watch: &WatchPart,
+    slot: &Arc<Slot>,
+    id: u64,
+    trigger: Trigger,
+) {
     let capture = slot.reports() + 1;
     slot.add_report();
     if let Some(mut report) = slow_report(registry, watch, slot, id, capture) {
@@ -201,6 +231,7 @@ fn report(registry: &Registry, watch: &WatchPart, slot: &Slot, id: u64, trigger:
             Trigger::Threshold => ReportTrigger::Threshold,
             Trigger::SoftDeadline => ReportTrigger::SoftDeadline,
             Trigger::HardDeadline => ReportTrigger::HardDeadline,
+            Trigger::Shutdown => ReportTrigger::Shutdown,
         };
         if watch.reporter.submit(report) {
             watch.counters.reported.fetch_add(1, Ordering::Relaxed);
@@ -209,16 +240,34 @@ fn report(registry: &Registry, watch: &WatchPart, slot: &Slot, id: u64, trigger:
 }
 
 fn slow_report(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     watch: &WatchPart,
-    slot: &Slot,
+    slot: &Arc<Slot>,
     id: u64,
     capture: u32,
 ) -> Option<PendingReport> {
     let tid = slot.polling_tid();
+    let mut awaiting = None;
     let (stack, thread) = if !watch.capture_stacks {
         (StackEvidence::Known(Err(StackStatus::Disabled)), None)
     } else if tid == 0 {
+        // Pending: wake its task once for a probe poll; the reporter collects the findings.
+        awaiting = Some(if slot.request_probe(id) {
+            // Two ticks, but never so short that a merely busy runtime reads as a starved one.
+            let waited = (2 * watch.resolution).max(Duration::from_millis(100));
+            AwaitingEvidence::Probe(ProbeRequest {
+                slot: slot.clone(),
+                id,
+                registry: registry.clone(),
+                deadline: Instant::now() + waited,
+                waited,
+                capture_timeout: watch.capture_timeout,
+            })
+        } else {
+            AwaitingEvidence::Unavailable(
+                "the request has not waited yet (no task waker was kept for it)",
+            )
+        });
         (StackEvidence::Known(Err(StackStatus::Pending)), None)
     } else {
         let thread = ThreadInfo {
@@ -244,6 +293,7 @@ fn slow_report(
     report.thread = thread;
     report.stack = stack;
     report.spans = spans;
+    report.awaiting = awaiting;
     Some(report)
 }
 
@@ -289,6 +339,7 @@ fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<Pen
         headers,
         thread: None,
         stack: StackEvidence::Known(Err(StackStatus::NotCaptured)),
+        awaiting: None,
         spans: crate::report::SpanTree {
             installed: false,
             spans: Vec::new(),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 use crate::report::RequestMeta;
+use crate::stack::probe::ProbeFindings;
 use crate::tracked::Parts;
 
 /// Phases of a request, packed with its id into one atomic word so that a phase change can
@@ -94,6 +95,13 @@ pub(crate) struct Slot {
     deadline_flags: AtomicU64,
     /// Woken at the hard deadline: the response future of the timebox.
     waker: Mutex<Option<Waker>>,
+    /// The waker of the task that polls the request's own future, kept from its last pending
+    /// poll so the monitor can ask for a probe poll.
+    task_waker: Mutex<Option<(u64, Waker)>>,
+    /// `id << 1 | 1` while a probe poll of request `id` is wanted.
+    probe_wanted: AtomicU64,
+    /// What the last probe poll found, with the id of the request it probed.
+    probe_findings: Mutex<Option<(u64, ProbeFindings)>>,
     /// Woken at the soft deadline: every `Deadline::cancelled` of the request.
     pub(crate) soft_cancelled: Notify,
     polling_tid: AtomicI32,
@@ -126,6 +134,9 @@ impl Slot {
             hard_due_ns: AtomicU64::new(NEVER),
             deadline_flags: AtomicU64::new(0),
             waker: Mutex::new(None),
+            task_waker: Mutex::new(None),
+            probe_wanted: AtomicU64::new(0),
+            probe_findings: Mutex::new(None),
             soft_cancelled: Notify::const_new(),
             polling_tid: AtomicI32::new(0),
             reports: AtomicU32::new(0),
@@ -236,6 +247,57 @@ impl Slot {
         let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(waker) = waker {
             waker.wake();
+        }
+    }
+
+    /// Keeps the waker of the task polling request `id`, cloning only when it changed.
+    pub(crate) fn set_task_waker(&self, id: u64, waker: &Waker) {
+        let mut slot = self.task_waker.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some((held, current)) if *held == id && current.will_wake(waker) => {}
+            _ => *slot = Some((id, waker.clone())),
+        }
+    }
+
+    /// Asks for one probe poll of request `id` and wakes its task; false when no task waker
+    /// is known (the request was never pending).
+    pub(crate) fn request_probe(&self, id: u64) -> bool {
+        let waker = match &*self.task_waker.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((held, waker)) if *held == id => waker.clone(),
+            _ => return false,
+        };
+        self.probe_wanted.store(id << 1 | 1, Ordering::Release);
+        waker.wake();
+        true
+    }
+
+    /// Takes the request for a probe poll of request `id`: true once per request made.
+    pub(crate) fn take_probe(&self, id: u64) -> bool {
+        let wanted = id << 1 | 1;
+        self.probe_wanted.load(Ordering::Relaxed) == wanted
+            && self
+                .probe_wanted
+                .compare_exchange(wanted, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Keeps what a probe poll of request `id` found, for the reporter.
+    pub(crate) fn store_probe(&self, id: u64, findings: ProbeFindings) {
+        *self
+            .probe_findings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((id, findings));
+    }
+
+    /// What the probe poll of request `id` found, once it has run.
+    pub(crate) fn take_probe_findings(&self, id: u64) -> Option<ProbeFindings> {
+        let mut slot = self
+            .probe_findings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some((probed, _)) if *probed == id => slot.take().map(|(_, findings)| findings),
+            _ => None,
         }
     }
 
@@ -386,6 +448,7 @@ impl Registry {
         slot.polling_tid.store(0, Ordering::Relaxed);
         // A status left by the slot's previous request must never describe this one.
         slot.finished_status.store(0, Ordering::Relaxed);
+        slot.probe_wanted.store(0, Ordering::Relaxed);
         {
             let mut occupant = slot.occupant();
             occupant.id = id;
@@ -406,6 +469,7 @@ impl Registry {
             slot,
             id,
             shard,
+            watched: dues.watch != NEVER,
         }
     }
 
@@ -459,11 +523,36 @@ pub(crate) struct Registration {
     slot: Arc<Slot>,
     id: u64,
     shard: usize,
+    /// A watchdog watches it: its task waker is kept for probe polls.
+    watched: bool,
 }
 
 impl Registration {
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Polls the request's future, as a probe when the monitor asked for one; after a pending
+    /// poll of a watched request, keeps the task's waker for the next probe.
+    pub(crate) fn poll_watched<F: std::future::Future>(
+        &self,
+        future: std::pin::Pin<&mut F>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        if !self.watched {
+            return future.poll(cx);
+        }
+        let output = if self.slot.take_probe(self.id) {
+            let (output, findings) = crate::stack::probe::poll_probed(future, cx);
+            self.slot.store_probe(self.id, findings);
+            output
+        } else {
+            future.poll(cx)
+        };
+        if output.is_pending() {
+            self.slot.set_task_waker(self.id, cx.waker());
+        }
+        output
     }
 
     /// A handle to the request that does not own its registration.

@@ -232,6 +232,8 @@ pub enum ReportTrigger {
     SoftDeadline,
     /// The timebox's hard deadline, with a thread still inside the request's poll (wedged).
     HardDeadline,
+    /// The application is shutting down with the request still in flight.
+    Shutdown,
 }
 
 /// How the request's stack was (or was not) obtained.
@@ -341,6 +343,154 @@ impl SpanTree {
     }
 }
 
+/// The route of a request for grouping: its method and path, with numeric, uuid-like and long
+/// hexadecimal segments collapsed, so `/users/1` and `/users/2` are one route.
+pub(crate) fn collapsed_route(route_key: &str) -> String {
+    let (method, path) = route_key.split_once(' ').unwrap_or(("", route_key));
+    let path = path.split('?').next().unwrap_or(path);
+    let mut out = String::with_capacity(route_key.len());
+    out.push_str(method);
+    out.push(' ');
+    for (index, segment) in path.split('/').enumerate() {
+        if index > 0 {
+            out.push('/');
+        }
+        let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+        let is_uuid = segment.len() == 36
+            && segment.split('-').map(str::len).eq([8usize, 4, 4, 4, 12])
+            && hex(&segment.replace('-', ""));
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str("{n}");
+        } else if is_uuid {
+            out.push_str("{uuid}");
+        } else if segment.len() >= 16 && hex(segment) {
+            out.push_str("{hex}");
+        } else {
+            out.push_str(segment);
+        }
+    }
+    out
+}
+
+/// The signature of a report: its text, and a 12-digit hash of it (FNV-1a, stable everywhere).
+pub(crate) fn signature(
+    route_key: &str,
+    stack: &[Frame],
+    awaiting: Option<&Awaiting>,
+) -> (String, String) {
+    let app_frame = |frames: &[Frame]| {
+        frames
+            .iter()
+            .find(|f| f.origin == FrameOrigin::App)
+            .and_then(|f| f.function.clone())
+    };
+    let mut text = collapsed_route(route_key);
+    let leaf = awaiting.and_then(|a| a.leaves.first());
+    if let Some(leaf) = leaf {
+        let _ = write!(
+            text,
+            " @ awaits {}",
+            leaf.leaf.as_deref().unwrap_or("an unnamed future")
+        );
+        if let Some(frame) = app_frame(&leaf.chain) {
+            let _ = write!(text, " in {frame}");
+        }
+    } else if let Some(frame) = app_frame(stack) {
+        let _ = write!(text, " @ {frame}");
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (format!("{:012x}", hash >> 16), text)
+}
+
+/// Where a pending request awaits, found by polling it once more with a probe waker: each leaf
+/// future that keeps or wakes the waker shows the chain of async functions down to it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Awaiting {
+    /// What the probe found.
+    pub status: AwaitStatus,
+    /// Each leaf the request waits on (several under `select!` or `join!`).
+    pub leaves: Vec<AwaitedLeaf>,
+    /// Leaves seen beyond those listed.
+    pub more_leaves: usize,
+    /// When the probe poll never came: the threads busy in one long poll right now, whose
+    /// work keeps this request from being polled.
+    pub busy_threads: Vec<BusyThread>,
+}
+
+/// The outcome of a probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AwaitStatus {
+    /// The probe poll ran and leaves showed themselves.
+    Found,
+    /// The probe poll ran, but no leaf kept or woke the waker, so the await point is unknown.
+    Unknown {
+        /// Why that can happen.
+        reason: String,
+    },
+    /// The task was woken for the probe but nobody polled it within the wait: every worker is
+    /// busy, or a blocking neighbour starves it. See the busy threads.
+    NotPolled {
+        /// Milliseconds waited for the probe poll.
+        waited_ms: u64,
+    },
+    /// The request finished during the probe poll.
+    Finished,
+    /// No probe could be made; the reason says why.
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How a leaf showed itself during the probe poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LeafSignal {
+    /// It kept the waker to be woken later: the request waits on it.
+    Waits,
+    /// It woke the task at once: it yields, or wakes itself in every poll.
+    WakesItself,
+}
+
+/// One leaf future a pending request waits on, with the chain of async functions above it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AwaitedLeaf {
+    /// How the leaf showed itself.
+    pub signal: LeafSignal,
+    /// The leaf, as the innermost library frame below the application's code, such as
+    /// `<tokio::time::sleep::Sleep as core::future::future::Future>::poll`.
+    pub leaf: Option<String>,
+    /// Frames from the leaf (innermost) up to the request's future.
+    pub chain: Vec<Frame>,
+    /// The chain was deeper than the frame limit and is cut at its outer end.
+    pub truncated: bool,
+}
+
+/// A thread busy in one long poll while a request waits to be polled.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct BusyThread {
+    /// The thread.
+    pub thread: ThreadInfo,
+    /// The request it polls, if it is one of the registry's.
+    pub request_id: u64,
+    /// How long that request has been running, in seconds.
+    pub request_elapsed_secs: f64,
+    /// How its stack was obtained.
+    pub stack_status: StackStatus,
+    /// Its native frames, innermost first.
+    pub stack: Vec<Frame>,
+}
+
 /// How a reported request ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -394,6 +544,15 @@ pub struct SlowRequestReport {
     pub completion: Option<Completion>,
     /// A short key for grouping reports of the same route: method and path.
     pub route_key: String,
+    /// For a pending request: where it awaits, found by a probe poll.
+    pub awaiting: Option<Awaiting>,
+    /// A short, stable key that groups reports of the same wedge across requests, processes
+    /// and hosts: a hash of [`SlowRequestReport::signature_text`].
+    pub signature: String,
+    /// What the signature is made of: the route (numeric and uuid-like path segments
+    /// collapsed), then the innermost application frame, or for a pending request the awaited
+    /// leaf and the application frame that awaits it.
+    pub signature_text: String,
 }
 
 pub(crate) fn rfc3339(at: SystemTime) -> String {
@@ -472,6 +631,13 @@ impl SlowRequestReport {
             );
         }
         let _ = writeln!(out, "Request id: {}", self.request_id);
+        if !self.signature.is_empty() {
+            let _ = writeln!(
+                out,
+                "Signature:  {} ({})",
+                self.signature, self.signature_text
+            );
+        }
         let _ = writeln!(out, "Started:    {}", self.started_at);
         let _ = writeln!(out, "Elapsed:    {}", format_secs(self.elapsed_secs));
         if self.kind == ReportKind::Slow {
@@ -479,6 +645,7 @@ impl SlowRequestReport {
                 ReportTrigger::Threshold => "",
                 ReportTrigger::SoftDeadline => ", at the soft deadline (asked to stop)",
                 ReportTrigger::HardDeadline => ", at the hard deadline (wedged: still running)",
+                ReportTrigger::Shutdown => ", at shutdown (still in flight)",
             };
             let _ = writeln!(out, "Report:     {} for this request{why}", self.capture);
         }
@@ -494,6 +661,10 @@ impl SlowRequestReport {
         if self.kind == ReportKind::Slow {
             let _ = writeln!(out);
             self.write_stack(&mut out);
+            if let Some(awaiting) = &self.awaiting {
+                let _ = writeln!(out);
+                write_awaiting(awaiting, &mut out);
+            }
             let _ = writeln!(out);
             self.write_spans(&mut out);
         }
@@ -561,6 +732,72 @@ impl SlowRequestReport {
         );
         for chain in chains {
             let _ = writeln!(out, "  {chain}");
+        }
+    }
+}
+
+fn write_awaiting(awaiting: &Awaiting, out: &mut String) {
+    match &awaiting.status {
+        AwaitStatus::Found => {
+            let _ = writeln!(
+                out,
+                "Awaiting ({} leaf future{}; innermost first, `>` marks application code):",
+                awaiting.leaves.len(),
+                if awaiting.leaves.len() == 1 { "" } else { "s" }
+            );
+        }
+        AwaitStatus::Unknown { reason } => {
+            let _ = writeln!(out, "Awaiting: await point unknown: {reason}");
+        }
+        AwaitStatus::NotPolled { waited_ms } => {
+            let _ = writeln!(
+                out,
+                "Awaiting: the request is runnable but was not polled within {waited_ms} ms of                  being woken: every worker thread is busy. Threads busy in one long poll now:"
+            );
+        }
+        AwaitStatus::Finished => {
+            let _ = writeln!(
+                out,
+                "Awaiting: nothing; the request finished during the probe."
+            );
+        }
+        AwaitStatus::Unavailable { reason } => {
+            let _ = writeln!(out, "Awaiting: unknown: {reason}");
+        }
+    }
+    for leaf in &awaiting.leaves {
+        let what = match leaf.signal {
+            LeafSignal::Waits => "waits on",
+            LeafSignal::WakesItself => "wakes itself in",
+        };
+        let _ = writeln!(
+            out,
+            "  {what} {}{}",
+            leaf.leaf.as_deref().unwrap_or("an unnamed future"),
+            if leaf.truncated {
+                " (chain truncated)"
+            } else {
+                ""
+            }
+        );
+        write_frames(&leaf.chain, out);
+    }
+    if awaiting.more_leaves > 0 {
+        let _ = writeln!(out, "  ... and {} more leaves", awaiting.more_leaves);
+    }
+    for busy in &awaiting.busy_threads {
+        let _ = writeln!(
+            out,
+            "  thread {} (tid {}), polling request {} for {}:",
+            busy.thread.name.as_deref().unwrap_or("unnamed"),
+            busy.thread.tid,
+            busy.request_id,
+            format_secs(busy.request_elapsed_secs)
+        );
+        if busy.stack_status == StackStatus::Captured {
+            write_frames(&busy.stack, out);
+        } else {
+            let _ = writeln!(out, "      stack: {:?}", busy.stack_status);
         }
     }
 }
@@ -643,6 +880,29 @@ pub(crate) fn hostname() -> &'static str {
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "localhost".to_owned())
     })
+}
+
+#[cfg(test)]
+mod signature_tests {
+    use super::collapsed_route;
+
+    #[test]
+    fn routes_collapse_ids_and_keep_words() {
+        assert_eq!(
+            collapsed_route("GET /users/42/posts"),
+            "GET /users/{n}/posts"
+        );
+        assert_eq!(
+            collapsed_route("GET /o/123e4567-e89b-12d3-a456-426614174000?x=1"),
+            "GET /o/{uuid}"
+        );
+        assert_eq!(
+            collapsed_route("PUT /blob/0123456789abcdef01"),
+            "PUT /blob/{hex}"
+        );
+        assert_eq!(collapsed_route("GET /v2/health"), "GET /v2/health");
+        assert_eq!(collapsed_route("GET /"), "GET /");
+    }
 }
 
 #[cfg(test)]

@@ -161,6 +161,27 @@ impl Vigil {
         Ok(vigil)
     }
 
+    /// A shutdown future for axum's `with_graceful_shutdown`; see
+    /// [`WatchdogLayer::on_shutdown`]. Without a watchdog it only waits for `signal`.
+    pub fn on_shutdown<F>(
+        &self,
+        signal: F,
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future + Send + 'static,
+    {
+        let watchdog = self.watchdog.clone();
+        async move {
+            match watchdog {
+                Some(watchdog) => watchdog.on_shutdown(signal, timeout).await,
+                None => {
+                    signal.await;
+                }
+            }
+        }
+    }
+
     /// The stack's watchdog, for its [`WatchdogLayer::stats`] and [`WatchdogLayer::flush`].
     pub fn watchdog_layer(&self) -> Option<&WatchdogLayer> {
         self.watchdog.as_ref()

@@ -52,6 +52,12 @@ impl StackEvidence {
     }
 }
 
+/// Where a pending request awaits: a probe poll to collect, or why none was asked for.
+pub(crate) enum AwaitingEvidence {
+    Probe(crate::watchdog::awaiting::ProbeRequest),
+    Unavailable(&'static str),
+}
+
 /// Everything the monitor collected about a request, before symbolization.
 pub(crate) struct PendingReport {
     pub(crate) kind: ReportKind,
@@ -69,6 +75,8 @@ pub(crate) struct PendingReport {
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) thread: Option<ThreadInfo>,
     pub(crate) stack: StackEvidence,
+    /// For a pending request: the probe poll asked for, or why there is none.
+    pub(crate) awaiting: Option<AwaitingEvidence>,
     pub(crate) spans: SpanTree,
     pub(crate) completion: Option<Completion>,
 }
@@ -79,6 +87,12 @@ impl PendingReport {
             Ok(raw) => (StackStatus::Captured, stack::resolve(&raw)),
             Err(status) => (status, Vec::new()),
         };
+        let awaiting = self.awaiting.map(|evidence| match evidence {
+            AwaitingEvidence::Probe(probe) => probe.resolve(),
+            AwaitingEvidence::Unavailable(reason) => crate::watchdog::awaiting::unavailable(reason),
+        });
+        let (signature, signature_text) =
+            crate::report::signature(&self.route_key, &stack, awaiting.as_ref());
         SlowRequestReport {
             kind: self.kind,
             request_id: self.request_id,
@@ -100,6 +114,9 @@ impl PendingReport {
             spans: self.spans,
             completion: self.completion,
             route_key: self.route_key,
+            awaiting,
+            signature,
+            signature_text,
         }
     }
 }

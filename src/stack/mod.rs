@@ -57,6 +57,7 @@
 //! symbol table; debug info adds file and line numbers and inlined frames (see the crate docs).
 #![allow(unsafe_code)]
 
+pub(crate) mod probe;
 mod sampler;
 mod symbolize;
 

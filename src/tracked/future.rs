@@ -94,7 +94,7 @@ impl<F: Future> Future for Isolated<F> {
         let registration = this.registration.as_ref().expect("polled after completion");
         let output = {
             let _scope = Self::scope(registration, *this.active);
-            ready!(this.future.poll(cx))
+            ready!(registration.poll_watched(this.future, cx))
         };
         let registration = this.registration.take().expect("checked above");
         Poll::Ready((output, registration))
@@ -241,7 +241,7 @@ where
                 }
                 let output = {
                     let _scope = Isolated::<F>::scope(held, *active);
-                    ready!(future.poll(cx))
+                    ready!(held.poll_watched(future, cx))
                 };
                 let registration = registration.take().expect("checked above");
                 let deadlines = deadlines.clone();

@@ -167,6 +167,66 @@ impl WatchdogLayer {
         }
     }
 
+    /// Reports every request still in flight (trigger [`ReportTrigger::Shutdown`]) and
+    /// hands every report to the sinks, within `timeout`; returns how many requests were in
+    /// flight. Call it when the process is told to stop, before waiting for requests to drain:
+    /// the supervisor's kill may come before they do. [`WatchdogLayer::on_shutdown`] wires it
+    /// to axum's graceful shutdown.
+    ///
+    /// [`ReportTrigger::Shutdown`]: crate::report::ReportTrigger::Shutdown
+    pub fn report_in_flight(&self, timeout: Duration) -> usize {
+        let Some(running) = &self.running else {
+            return 0;
+        };
+        let reported = crate::monitor::report_in_flight(&running.parts.registry, &running.part);
+        running.part.reporter.flush(timeout);
+        reported
+    }
+
+    /// A shutdown future for axum's `with_graceful_shutdown`: it waits for `signal`, then
+    /// reports every request still in flight and flushes the sinks (within `timeout`, on a
+    /// blocking thread), and only then lets the server stop accepting and drain.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use axum::{routing::get, Router};
+    /// use tower_vigil::{sink::LogSink, watchdog::WatchdogLayer};
+    ///
+    /// # #[tokio::main] async fn main() -> std::io::Result<()> {
+    /// let watchdog = WatchdogLayer::new(Duration::from_secs(5)).sink(LogSink::default());
+    /// let app = Router::new().route("/", get(|| async { "hello" })).layer(watchdog.clone());
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// axum::serve(listener, app)
+    ///     .with_graceful_shutdown(watchdog.on_shutdown(
+    ///         async { let _ = tokio::signal::ctrl_c().await; },
+    ///         Duration::from_secs(5),
+    ///     ))
+    ///     .await
+    /// # }
+    /// ```
+    pub fn on_shutdown<F>(
+        &self,
+        signal: F,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        F: std::future::Future + Send + 'static,
+    {
+        let watchdog = self.clone();
+        async move {
+            signal.await;
+            let reported =
+                tokio::task::spawn_blocking(move || watchdog.report_in_flight(timeout)).await;
+            if let Ok(reported) = reported {
+                tracing::info!(
+                    target: "tower_vigil",
+                    in_flight = reported,
+                    "shutting down: requests still in flight were reported"
+                );
+            }
+        }
+    }
+
     /// Waits until every report made so far has been handed to the sinks, for at most
     /// `timeout`; call it on graceful shutdown. Returns false if the time ran out.
     pub fn flush(&self, timeout: Duration) -> bool {

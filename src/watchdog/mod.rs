@@ -57,6 +57,7 @@
 //! # }
 //! ```
 
+pub(crate) mod awaiting;
 mod future;
 mod layer;
 pub(crate) mod part;

@@ -411,6 +411,9 @@ pub(crate) mod tests {
             },
             completion: None,
             route_key: format!("GET {}", uri.split('?').next().unwrap()),
+            awaiting: None,
+            signature: String::new(),
+            signature_text: String::new(),
         }
     }
 
