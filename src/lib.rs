@@ -64,7 +64,9 @@
 //! ```
 //!
 //! Without `with_graceful_shutdown`, `axum::serve(..).await` never returns and the flush
-//! never runs. If a handler may block its thread, see [`timebox`]'s notes on shutdown.
+//! never runs. [`watchdog::WatchdogLayer::on_shutdown`] wraps the signal so that requests still
+//! in flight are reported before the server drains. If a handler may block its thread, see
+//! [`timebox`]'s notes on shutdown.
 //!
 //! # Layer order
 //!
