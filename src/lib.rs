@@ -140,6 +140,9 @@
 pub mod config;
 mod error;
 mod exempt;
+mod helpers;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod monitor;
 pub mod profiler;
 mod registry;
@@ -153,6 +156,7 @@ mod vigil;
 pub mod watchdog;
 
 pub use crate::error::ConfigError;
+pub use crate::helpers::spawn_blocking;
 pub use crate::vigil::{Vigil, VigilFuture, VigilService};
 
 #[cfg(doctest)]

@@ -205,6 +205,7 @@ fn fire_deadlines(
                 .fetch_add(1, Ordering::Relaxed);
             if wedged {
                 deadlines.counters.wedged.fetch_add(1, Ordering::Relaxed);
+                deadlines.note_wedged_route(slot.route_hash());
                 deadlines.escalate_if_needed(now);
             }
             slot.wake();
@@ -285,6 +286,28 @@ fn slow_report(
         };
         (evidence, Some(thread))
     };
+    let helpers = if watch.capture_stacks {
+        crate::helpers::threads_of(id)
+            .into_iter()
+            .map(|tid| {
+                let evidence = match stack::start_capture(tid, id) {
+                    Ok(capture) => StackEvidence::Awaited {
+                        capture,
+                        deadline: Instant::now() + watch.capture_timeout,
+                        timeout: watch.capture_timeout,
+                    },
+                    Err(error) => StackEvidence::Known(Err(error.into())),
+                };
+                let thread = ThreadInfo {
+                    tid,
+                    name: stack::thread_name(tid),
+                };
+                (thread, evidence)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let spans = crate::spans::snapshot(id);
     let now = registry.clock.now_ns();
     let mut report = describe(registry, slot, id, now)?;
@@ -294,6 +317,7 @@ fn slow_report(
     report.stack = stack;
     report.spans = spans;
     report.awaiting = awaiting;
+    report.helpers = helpers;
     Some(report)
 }
 
@@ -340,6 +364,7 @@ fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<Pen
         thread: None,
         stack: StackEvidence::Known(Err(StackStatus::NotCaptured)),
         awaiting: None,
+        helpers: Vec::new(),
         spans: crate::report::SpanTree {
             installed: false,
             spans: Vec::new(),
@@ -372,6 +397,9 @@ fn run(registry: Arc<Registry>) {
             fire(&registry, &slot, seen, now);
             next = next.min(slot.due_ns());
         }
+
+        #[cfg(feature = "metrics")]
+        crate::metrics::publish_if_due();
 
         let now = registry.clock.now_ns();
         let wake_at = next.min(now + IDLE_SLEEP.as_nanos() as u64);

@@ -83,6 +83,8 @@ impl Clock {
 pub(crate) struct Slot {
     /// `id << PHASE_BITS | phase`, or 0 while the slot is free.
     word: AtomicU64,
+    /// Hash of the request's route, for adaptive isolation (0 when not needed).
+    route_hash: AtomicU64,
     number: u32,
     generation: AtomicU32,
     started_ns: AtomicU64,
@@ -125,6 +127,7 @@ impl Slot {
     fn new(number: u32) -> Self {
         Self {
             word: AtomicU64::new(0),
+            route_hash: AtomicU64::new(0),
             number,
             generation: AtomicU32::new(0),
             started_ns: AtomicU64::new(0),
@@ -156,6 +159,10 @@ impl Slot {
         (occupant.id == id)
             .then(|| occupant.parts.clone())
             .flatten()
+    }
+
+    pub(crate) fn route_hash(&self) -> u64 {
+        self.route_hash.load(Ordering::Relaxed)
     }
 
     pub(crate) fn started_ns(&self) -> u64 {
@@ -412,6 +419,7 @@ impl Registry {
         self: &Arc<Self>,
         started_ns: u64,
         dues: Dues,
+        route_hash: u64,
         parts: &Arc<Parts>,
         fill: impl FnOnce(&mut RequestMeta),
     ) -> Registration {
@@ -438,6 +446,7 @@ impl Registry {
         let id = (u64::from(generation) << 32) | u64::from(slot.number);
         let due_ns = dues.watch.min(dues.soft).min(dues.hard);
         slot.started_ns.store(started_ns, Ordering::Relaxed);
+        slot.route_hash.store(route_hash, Ordering::Relaxed);
         slot.watch_due_ns.store(dues.watch, Ordering::Relaxed);
         slot.soft_due_ns.store(dues.soft, Ordering::Relaxed);
         slot.hard_due_ns.store(dues.hard, Ordering::Relaxed);

@@ -475,6 +475,18 @@ pub struct AwaitedLeaf {
     pub truncated: bool,
 }
 
+/// A thread working for a request outside its poll, with its native stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct HelperThread {
+    /// The thread.
+    pub thread: ThreadInfo,
+    /// How its stack was obtained.
+    pub stack_status: StackStatus,
+    /// Its native frames, innermost first.
+    pub stack: Vec<Frame>,
+}
+
 /// A thread busy in one long poll while a request waits to be polled.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
@@ -546,6 +558,9 @@ pub struct SlowRequestReport {
     pub route_key: String,
     /// For a pending request: where it awaits, found by a probe poll.
     pub awaiting: Option<Awaiting>,
+    /// Threads working for the request outside its poll when the report was made: its
+    /// `spawn_blocking` jobs, threads with its spans entered.
+    pub helper_threads: Vec<HelperThread>,
     /// A short, stable key that groups reports of the same wedge across requests, processes
     /// and hosts: a hash of [`SlowRequestReport::signature_text`].
     pub signature: String,
@@ -664,6 +679,20 @@ impl SlowRequestReport {
             if let Some(awaiting) = &self.awaiting {
                 let _ = writeln!(out);
                 write_awaiting(awaiting, &mut out);
+            }
+            for helper in &self.helper_threads {
+                let _ = writeln!(out);
+                let _ = writeln!(
+                    out,
+                    "Working for this request on thread {} (tid {}):",
+                    helper.thread.name.as_deref().unwrap_or("unnamed"),
+                    helper.thread.tid
+                );
+                if helper.stack_status == StackStatus::Captured {
+                    write_frames(&helper.stack, &mut out);
+                } else {
+                    let _ = writeln!(out, "      stack: {:?}", helper.stack_status);
+                }
             }
             let _ = writeln!(out);
             self.write_spans(&mut out);

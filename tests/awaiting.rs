@@ -336,3 +336,50 @@ async fn the_same_wedge_on_the_same_route_shares_a_signature() {
     );
     assert_eq!(two.signature.len(), 12);
 }
+
+#[inline(never)]
+fn vigil_marked_blocking_job() -> u64 {
+    std::thread::sleep(Duration::from_millis(700));
+    11
+}
+
+#[inline(never)]
+async fn vigil_offload_marked() -> String {
+    let n = tower_vigil::spawn_blocking(vigil_marked_blocking_job)
+        .await
+        .unwrap();
+    n.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spawn_blocking_helper_adds_the_blocking_threads_stack() {
+    let collect = Collect::default();
+    let app = Router::new()
+        .route("/marked", get(vigil_offload_marked))
+        .layer(watchdog(&collect));
+    let addr = serve(app).await;
+    assert_eq!(http_get(addr, "/marked", &[]).await.0, 200);
+    let report = slow_report_of(&collect, "/marked");
+    assert_eq!(
+        report.helper_threads.len(),
+        1,
+        "{:?}",
+        report.helper_threads
+    );
+    let helper = &report.helper_threads[0];
+    assert_eq!(helper.stack_status, StackStatus::Captured);
+    assert!(
+        helper.stack.iter().any(|f| f
+            .function
+            .as_deref()
+            .is_some_and(|n| n.contains("vigil_marked_blocking_job"))),
+        "{:?}",
+        helper.stack
+    );
+    assert!(leaves(&report)
+        .iter()
+        .any(|leaf| leaf.contains("JoinHandle")));
+    assert!(report
+        .to_text()
+        .contains("Working for this request on thread"));
+}

@@ -11,7 +11,7 @@ use axum::{Extension, Router};
 use common::*;
 use tower_vigil::report::{ReportKind, ReportTrigger, StackStatus};
 use tower_vigil::timebox::{
-    spawn_blocking, timebox, Deadline, DeadlineKind, Quota, TimeboxBuilder, TimeboxLayer,
+    spawn_blocking, timebox, Deadline, DeadlineKind, Isolation, Quota, TimeboxBuilder, TimeboxLayer,
 };
 use tower_vigil::watchdog::WatchdogLayer;
 use tower_vigil::Vigil;
@@ -99,7 +99,7 @@ fn vigil_wedged_work(duration: Duration) {
 fn a_handler_blocking_its_thread_still_gets_a_503_on_time() {
     let drops = DropCounter::default();
     let counter = drops.clone();
-    let timebox = layer();
+    let timebox = builder().isolation_mode(Isolation::Always).build().unwrap();
     let app = Router::new()
         .route(
             "/wedge",
@@ -386,6 +386,7 @@ fn escalation_is_called_after_repeated_wedges() {
     let escalations = Arc::new(AtomicUsize::new(0));
     let seen = escalations.clone();
     let timebox = builder()
+        .isolation_mode(Isolation::Always)
         .escalate_after(2, Duration::from_secs(10), move |count| {
             assert_eq!(count, 2);
             seen.fetch_add(1, Ordering::SeqCst);
@@ -439,7 +440,7 @@ fn with_a_watchdog_in_the_stack_wedged_work_is_reported_with_its_stack() {
     init_tracing();
     let collect = Collect::default();
     let watchdog = WatchdogLayer::new(Duration::from_secs(10)).sink(collect.clone());
-    let timebox = layer();
+    let timebox = builder().isolation_mode(Isolation::Always).build().unwrap();
     let app = Router::new()
         .route(
             "/wedge",
@@ -549,4 +550,42 @@ async fn a_profiled_request_is_not_killed_at_the_timebox_deadline() {
         1,
         "only the unprofiled request"
     );
+}
+
+/// By default a route is isolated once it has wedged: its first blocking request answers when
+/// the handler returns (nothing can interrupt a blocked thread), every later one on time.
+#[test]
+fn adaptive_isolation_answers_on_time_from_a_routes_second_wedge() {
+    let timebox = layer();
+    let app = Router::new()
+        .route(
+            "/wedge/{id}",
+            get(|| async {
+                vigil_wedged_work(Duration::from_millis(700));
+                "late"
+            }),
+        )
+        .route("/fast", get(|| async { "fast" }))
+        .layer(timebox.clone());
+    let (addr, server) = serve_on_own_runtime(app, 2);
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let (status, _) = client.block_on(http_get(addr, "/wedge/1", &[]));
+    assert_eq!(status, 200, "the first wedge runs inline and finishes");
+    assert!(started.elapsed() >= Duration::from_millis(700));
+    assert_eq!(timebox.stats().wedged, 1);
+    // Same route (numeric segments collapsed): now in a task of its own, 503 on time.
+    let started = Instant::now();
+    let (status, _) = client.block_on(http_get(addr, "/wedge/2", &[]));
+    let elapsed = started.elapsed();
+    assert_eq!(status, 503);
+    assert!(
+        elapsed <= HARD + 2 * TICK + Duration::from_millis(15),
+        "{elapsed:?}"
+    );
+    assert_eq!(client.block_on(http_get(addr, "/fast", &[])).0, 200);
+    drop(server);
 }

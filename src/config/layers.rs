@@ -133,6 +133,26 @@ impl WatchdogConfig {
     }
 }
 
+/// When a timeboxed handler runs in a task of its own.
+///
+/// A task per request costs about a microsecond and a half (`benches/overhead.rs`); without
+/// one, a handler that blocks its thread also holds back its own 503 until it yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Isolation {
+    /// Every request: the 503 is always on time, at the cost of a task per request.
+    Always,
+    /// Only requests to routes that have been wedged before (a thread was still inside a
+    /// request's poll at its hard deadline): the first wedge of a route answers when the
+    /// handler yields, every later one on time. Routes are told apart by method and path, with
+    /// numeric segments collapsed.
+    #[default]
+    Adaptive,
+    /// Never: no task per request.
+    Never,
+}
+
 /// The `[timebox]` section: the deadlines of [`TimeboxLayer`](crate::timebox::TimeboxLayer) and
 /// its timeout response.
 ///
@@ -167,9 +187,10 @@ pub struct TimeboxConfig {
     /// `Retry-After` of the timeout response; `None` for no header. Default: 5 s.
     #[serde(with = "humantime_serde")]
     pub retry_after: Option<Duration>,
-    /// Whether the handler runs in a task of its own, so the 503 goes out on time even when it
-    /// blocks its thread. Default: true.
-    pub isolation: bool,
+    /// When the handler runs in a task of its own, so the 503 goes out on time even when it
+    /// blocks its thread: `always`, `adaptive` (only on routes that have been wedged before)
+    /// or `never`. Default: `adaptive`.
+    pub isolation: Isolation,
     /// Whether each request gets its `Deadline` as a request extension. Default: true.
     pub deadline_extension: bool,
     /// Answers 503 at once to a request whose `X-Request-Start` says it queued longer than
@@ -200,7 +221,7 @@ impl Default for TimeboxConfig {
             status: Self::DEFAULT_STATUS,
             body: Self::DEFAULT_BODY.to_owned(),
             retry_after: Some(Self::DEFAULT_RETRY_AFTER),
-            isolation: true,
+            isolation: Isolation::Adaptive,
             deadline_extension: true,
             wait_timeout: None,
             body_deadline: false,

@@ -89,7 +89,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::layers::{ProfilerConfig, TimeboxConfig, WatchdogConfig};
+pub use self::layers::{Isolation, ProfilerConfig, TimeboxConfig, WatchdogConfig};
 pub use self::sinks::{EmailSinkConfig, FileSinkConfig, LogSinkConfig};
 use crate::error::ConfigError;
 

@@ -71,6 +71,32 @@ pub(crate) struct State {
     next_id: AtomicU64,
     /// Background profiles still running: id to request line.
     pub(crate) running: Mutex<HashMap<String, String>>,
+    /// Whether this profiler's counters are published (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    published: std::sync::atomic::AtomicBool,
+}
+
+impl State {
+    /// Publishes the count of profiles while the profiler lives; once per profiler.
+    #[cfg(feature = "metrics")]
+    fn publish_metrics(self: &Arc<Self>) {
+        if self.published.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let instance = crate::metrics::instance("profiler");
+        let state = Arc::downgrade(self);
+        crate::metrics::register(move || {
+            let Some(state) = state.upgrade() else {
+                return false;
+            };
+            let started = state.next_id.load(Ordering::Relaxed);
+            crate::metrics::counter("vigil_profiles_total", &instance, started);
+            true
+        });
+    }
+
+    #[cfg(not(feature = "metrics"))]
+    fn publish_metrics(self: &Arc<Self>) {}
 }
 
 /// One running profile; frees its place when dropped.
@@ -182,6 +208,7 @@ impl ProfilerLayer {
         let config = Arc::make_mut(&mut self.config);
         config.authorize = Arc::new(authorize);
         config.enabled = true;
+        self.state.publish_metrics();
         self
     }
 
@@ -412,9 +439,13 @@ impl ProfilerBuilder {
                 "must start with '/' and not end with '/'",
             ));
         }
+        let state = Arc::new(State::default());
+        if self.config.enabled {
+            state.publish_metrics();
+        }
         Ok(ProfilerLayer {
             config: Arc::new(self.config),
-            state: Arc::new(State::default()),
+            state,
         })
     }
 }

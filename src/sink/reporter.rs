@@ -77,6 +77,8 @@ pub(crate) struct PendingReport {
     pub(crate) stack: StackEvidence,
     /// For a pending request: the probe poll asked for, or why there is none.
     pub(crate) awaiting: Option<AwaitingEvidence>,
+    /// Threads working for the request outside its poll, with their captures under way.
+    pub(crate) helpers: Vec<(ThreadInfo, StackEvidence)>,
     pub(crate) spans: SpanTree,
     pub(crate) completion: Option<Completion>,
 }
@@ -91,6 +93,21 @@ impl PendingReport {
             AwaitingEvidence::Probe(probe) => probe.resolve(),
             AwaitingEvidence::Unavailable(reason) => crate::watchdog::awaiting::unavailable(reason),
         });
+        let helper_threads = self
+            .helpers
+            .into_iter()
+            .map(|(thread, evidence)| {
+                let (stack_status, stack) = match evidence.resolve(counters) {
+                    Ok(raw) => (StackStatus::Captured, stack::resolve(&raw)),
+                    Err(status) => (status, Vec::new()),
+                };
+                crate::report::HelperThread {
+                    thread,
+                    stack_status,
+                    stack,
+                }
+            })
+            .collect();
         let (signature, signature_text) =
             crate::report::signature(&self.route_key, &stack, awaiting.as_ref());
         SlowRequestReport {
@@ -115,6 +132,7 @@ impl PendingReport {
             completion: self.completion,
             route_key: self.route_key,
             awaiting,
+            helper_threads,
             signature,
             signature_text,
         }

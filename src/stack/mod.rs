@@ -190,6 +190,14 @@ impl Drop for PollScope {
     }
 }
 
+/// Makes `request` the request this thread works for, returning the one it replaces; for
+/// threads that work for a request outside its poll (see `crate::helpers`).
+pub(crate) fn set_current_request(request: u64) -> u64 {
+    let previous = THREAD.with(|t| t.current_request.swap(request, Ordering::Relaxed));
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    previous
+}
+
 /// Why a capture produced no frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CaptureError {

@@ -469,7 +469,13 @@ where
     let deadline = Deadline::current().unwrap_or_else(|| Deadline::after(NEVER));
     let kind = deadline.kind();
     let until = tokio::time::Instant::from_std(deadline.instant());
-    let mut task = tokio::task::spawn_blocking(move || work(deadline));
+    // The blocking thread works for the calling request: its stack goes into the request's
+    // reports.
+    let request = crate::stack::current_request();
+    let mut task = tokio::task::spawn_blocking(move || {
+        let _helping = crate::helpers::HelpingScope::enter(request);
+        work(deadline)
+    });
     let mut sleep = std::pin::pin!(tokio::time::sleep_until(until));
     std::future::poll_fn(|cx| {
         if let Poll::Ready(joined) = Pin::new(&mut task).poll(cx) {

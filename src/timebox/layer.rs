@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use super::part::{DeadlinePart, Escalation, TimeboxCounters, TimeoutResponse};
 use super::Timebox;
-use crate::config::TimeboxConfig;
+use crate::config::{Isolation, TimeboxConfig};
 use crate::error::ConfigError;
 use crate::monitor::Core;
 use crate::registry::Seen;
@@ -23,8 +23,9 @@ use crate::tracked::Parts;
 /// `503 Service Unavailable` with `Retry-After`. Deadlines are fired by the process's monitor
 /// thread: there is no timer per request.
 ///
-/// With isolation (on by default) the handler runs in a task of its own, so the 503 goes out
-/// on time even when the handler blocks its worker thread, provided another worker is free.
+/// With isolation the handler runs in a task of its own, so the 503 goes out on time even when
+/// the handler blocks its worker thread, provided another worker is free. By default only
+/// routes that have wedged before are isolated ([`Isolation::Adaptive`]).
 ///
 /// A built layer is a cheap handle to a running timebox; clones share its counters.
 /// See the [module docs](super) for examples and the supervisor arithmetic.
@@ -291,11 +292,24 @@ impl TimeboxBuilder {
         self
     }
 
-    /// Whether the handler runs in a task of its own. Default: true, inside a tokio runtime.
-    /// Without isolation there is no task per request, but a handler that blocks its thread
-    /// also delays its own 503 until it yields.
+    /// Whether every handler runs in a task of its own (`true`: [`Isolation::Always`]) or
+    /// none does (`false`: [`Isolation::Never`]). See [`TimeboxBuilder::isolation_mode`].
     pub fn isolation(mut self, isolate: bool) -> Self {
-        self.config.isolation = isolate;
+        self.config.isolation = if isolate {
+            Isolation::Always
+        } else {
+            Isolation::Never
+        };
+        self
+    }
+
+    /// When a handler runs in a task of its own, inside a tokio runtime. Default:
+    /// [`Isolation::Adaptive`]: only on routes that have been wedged before, so that most
+    /// requests pay no task while a route that blocks its thread gets its 503 on time from its
+    /// second wedge on. Without a task, a handler that blocks its thread also delays its own
+    /// 503 until it yields.
+    pub fn isolation_mode(mut self, isolation: Isolation) -> Self {
+        self.config.isolation = isolation;
         self
     }
 
@@ -410,7 +424,8 @@ impl TimeboxBuilder {
                     .retry_after
                     .map(|d| HeaderValue::from(d.as_secs().max(1))),
             },
-            isolate: config.isolation,
+            isolation: config.isolation,
+            wedged_routes: [const { AtomicU64::new(0) }; super::part::WEDGED_ROUTE_WORDS],
             deadline_extension: config.deadline_extension,
             wait_timeout: config.wait_timeout,
             body_deadline: config.body_deadline,
@@ -424,12 +439,43 @@ impl TimeboxBuilder {
             watch: None,
             deadlines: Some(part.clone()),
         });
+        #[cfg(feature = "metrics")]
+        publish_metrics(soft, hard, &part, &parts);
         Ok(TimeboxLayer {
             soft,
             hard,
             running: Some(Running { part, parts }),
         })
     }
+}
+
+/// Publishes this timebox's counters while it lives.
+#[cfg(feature = "metrics")]
+fn publish_metrics(soft: Duration, hard: Duration, part: &Arc<DeadlinePart>, parts: &Arc<Parts>) {
+    use crate::metrics::{counter, gauge};
+    let instance = crate::metrics::instance("timebox");
+    let (part, parts) = (Arc::downgrade(part), Arc::downgrade(parts));
+    crate::metrics::register(move || {
+        let (Some(part), Some(parts)) = (part.upgrade(), parts.upgrade()) else {
+            return false;
+        };
+        let layer = TimeboxLayer {
+            soft,
+            hard,
+            running: Some(Running { part, parts }),
+        };
+        let stats = layer.stats();
+        gauge("vigil_requests_in_flight", &instance, stats.in_flight);
+        counter(
+            "vigil_soft_timeouts_total",
+            &instance,
+            stats.soft_cancellations,
+        );
+        counter("vigil_hard_timeouts_total", &instance, stats.hard_timeouts);
+        counter("vigil_wedged_total", &instance, stats.wedged);
+        counter("vigil_shed_total", &instance, stats.shed);
+        true
+    });
 }
 
 /// [`TimeboxLayer`] for services whose futures are not `Send` or not `'static`; made by

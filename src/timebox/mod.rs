@@ -13,10 +13,13 @@
 //!    `Retry-After`. Never 408: the client was not slow.
 //!
 //! Cancellation happens by dropping the future at an await point, never by interrupting
-//! running code, which would corrupt state. With isolation (the default) the handler runs in
-//! a task of its own, so the 503 goes out on time even when the handler blocks its thread; that
-//! work is counted as *wedged*, and reported with its native stack when a watchdog is in the
-//! same [`crate::Vigil`] stack.
+//! running code, which would corrupt state. A handler that blocks its thread cannot be
+//! dropped until it yields; such work is counted as *wedged*, and reported with its native
+//! stack when a watchdog is in the same [`crate::Vigil`] stack. For the 503 to go out on time
+//! anyway, the handler must run in a task of its own ([`Isolation`]). That task costs about a
+//! microsecond and a half per request, so by default ([`Isolation::Adaptive`]) only routes that
+//! have wedged before get one: the first wedge of a route answers when its handler returns,
+//! every later one on time. [`Isolation::Always`] makes every 503 on time at that cost.
 //!
 //! Deadlines are fired by the one monitor thread that also runs the watchdog; there is no timer
 //! per request.
@@ -122,4 +125,4 @@ pub use self::future::ResponseFuture;
 pub use self::layer::{InlineTimeboxLayer, TimeboxBuilder, TimeboxLayer, TimeboxStats};
 pub use self::service::{InlineTimebox, Timebox};
 pub use self::shed::REQUEST_START_HEADER;
-pub use crate::config::TimeboxConfig;
+pub use crate::config::{Isolation, TimeboxConfig};

@@ -6,6 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use crate::config::Isolation;
+
+/// Words of the set of wedged routes: 4096 bits, so unrelated routes rarely share a bit.
+pub(crate) const WEDGED_ROUTE_WORDS: usize = 64;
 use http::{HeaderValue, StatusCode};
 
 /// Called on the monitor thread with the number of wedged requests in the window.
@@ -25,7 +30,9 @@ pub(crate) struct DeadlinePart {
     pub(crate) hard_after: Duration,
     pub(crate) resolution: Duration,
     pub(crate) response: TimeoutResponse,
-    pub(crate) isolate: bool,
+    pub(crate) isolation: Isolation,
+    /// Routes that have been wedged: a bit per route hash, for adaptive isolation.
+    pub(crate) wedged_routes: [AtomicU64; WEDGED_ROUTE_WORDS],
     pub(crate) deadline_extension: bool,
     pub(crate) wait_timeout: Option<Duration>,
     pub(crate) body_deadline: bool,
@@ -56,7 +63,50 @@ pub(crate) struct TimeboxCounters {
     pub(crate) body_timeouts: AtomicU64,
 }
 
+/// A hash of a request's route: method and path, with numeric segments collapsed so that
+/// `/users/1` and `/users/2` are one route. Cheap: one pass over the path.
+pub(crate) fn route_hash(method: &http::Method, path: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut add = |byte: u8| {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    };
+    method.as_str().bytes().for_each(&mut add);
+    for segment in path.split('/') {
+        add(b'/');
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            add(b'#');
+        } else {
+            segment.bytes().for_each(&mut add);
+        }
+    }
+    hash
+}
+
 impl DeadlinePart {
+    /// Whether a request to the route with this hash runs in a task of its own.
+    pub(crate) fn isolates(&self, route: u64) -> bool {
+        match self.isolation {
+            Isolation::Always => true,
+            Isolation::Never => false,
+            Isolation::Adaptive => {
+                let (word, bit) = Self::route_bit(route);
+                self.wedged_routes[word].load(Ordering::Relaxed) & bit != 0
+            }
+        }
+    }
+
+    /// Remembers that a request to the route with this hash was wedged.
+    pub(crate) fn note_wedged_route(&self, route: u64) {
+        let (word, bit) = Self::route_bit(route);
+        self.wedged_routes[word].fetch_or(bit, Ordering::Relaxed);
+    }
+
+    fn route_bit(route: u64) -> (usize, u64) {
+        let bit = (route % (WEDGED_ROUTE_WORDS as u64 * 64)) as usize;
+        (bit / 64, 1 << (bit % 64))
+    }
+
     /// Notes a wedged request at `now` and calls the hook when the window is full.
     pub(crate) fn escalate_if_needed(&self, now: u64) {
         let Some(escalation) = &self.escalation else {

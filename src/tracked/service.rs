@@ -18,7 +18,8 @@ pub(crate) struct Tracked<S> {
     pub(crate) inner: S,
     /// `None` when every part is switched off: requests pass through untouched.
     pub(crate) parts: Option<Arc<Parts>>,
-    /// Run handlers in a task of their own when a deadline applies.
+    /// Run handlers in a task of their own when a deadline applies (always, or on routes that
+    /// have been wedged).
     pub(crate) isolate: bool,
 }
 
@@ -27,7 +28,7 @@ impl<S> Tracked<S> {
         let isolate = parts
             .as_ref()
             .and_then(|p| p.deadlines.as_ref())
-            .is_some_and(|d| d.isolate);
+            .is_some_and(|d| d.isolation != crate::config::Isolation::Never);
         Self {
             inner,
             parts,
@@ -50,7 +51,10 @@ impl<S> Tracked<S> {
                 registration,
                 active,
                 deadlines: Some(part),
-            } if self.isolate && tokio::runtime::Handle::try_current().is_ok() => {
+            } if self.isolate
+                && part.isolates(registration.slot().route_hash())
+                && tokio::runtime::Handle::try_current().is_ok() =>
+            {
                 TrackedFuture::spawned(future, registration, active, part)
             }
             Started::Registered {
@@ -114,11 +118,19 @@ impl<S> Tracked<S> {
         let now = Instant::now();
         let started = parts.registry.clock.ns_at(now);
         let dues = crate::monitor::dues(parts, started, watched);
-        let registration = parts.registry.register(started, dues, parts, |meta| {
-            if let Some(watch) = &parts.watch {
-                watch.capture.fill(&request, meta);
+        let route = match deadlines {
+            Some(part) if part.isolation == crate::config::Isolation::Adaptive => {
+                crate::timebox::part::route_hash(request.method(), request.uri().path())
             }
-        });
+            _ => 0,
+        };
+        let registration = parts
+            .registry
+            .register(started, dues, route, parts, |meta| {
+                if let Some(watch) = &parts.watch {
+                    watch.capture.fill(&request, meta);
+                }
+            });
         let active = match deadlines {
             Some(part) => {
                 let (soft_at, hard_at) = (now + part.soft_after, now + part.hard_after);

@@ -462,11 +462,43 @@ impl WatchdogBuilder {
             watch: Some(part.clone()),
             deadlines: None,
         });
+        #[cfg(feature = "metrics")]
+        publish_metrics(threshold, &part, &parts);
         Ok(WatchdogLayer {
             threshold,
             running: Some(Running { part, parts }),
         })
     }
+}
+
+/// Publishes this watchdog's counters while it lives.
+#[cfg(feature = "metrics")]
+fn publish_metrics(threshold: Duration, part: &Arc<WatchPart>, parts: &Arc<Parts>) {
+    use crate::metrics::{counter, gauge};
+    let instance = crate::metrics::instance("watchdog");
+    let (part, parts) = (Arc::downgrade(part), Arc::downgrade(parts));
+    crate::metrics::register(move || {
+        let (Some(part), Some(parts)) = (part.upgrade(), parts.upgrade()) else {
+            return false;
+        };
+        let layer = WatchdogLayer {
+            threshold,
+            running: Some(Running { part, parts }),
+        };
+        let stats = layer.stats();
+        gauge("vigil_requests_in_flight", &instance, stats.in_flight);
+        gauge("vigil_requests_stuck", &instance, stats.stuck_now);
+        counter("vigil_reports_total", &instance, stats.reported);
+        counter("vigil_completions_total", &instance, stats.completed);
+        counter("vigil_reports_dropped_total", &instance, stats.dropped);
+        counter("vigil_sink_failures_total", &instance, stats.sink_failures);
+        counter(
+            "vigil_capture_timeouts_total",
+            &instance,
+            stats.capture_timeouts,
+        );
+        true
+    });
 }
 
 fn parse_headers(field: &str, names: &[String]) -> Result<Vec<HeaderName>, ConfigError> {

@@ -412,6 +412,7 @@ pub(crate) mod tests {
             completion: None,
             route_key: format!("GET {}", uri.split('?').next().unwrap()),
             awaiting: None,
+            helper_threads: Vec::new(),
             signature: String::new(),
             signature_text: String::new(),
         }

@@ -471,6 +471,24 @@ impl IntoSink for EmailSink {
             capacity: self.queue_capacity,
             fallback: self.fallback_sinks(),
         };
+        #[cfg(feature = "metrics")]
+        {
+            let instance = crate::metrics::instance("email");
+            let counters = Arc::downgrade(&self.counters);
+            crate::metrics::register(move || {
+                let Some(counters) = counters.upgrade() else {
+                    return false;
+                };
+                let stats = counters.snapshot();
+                crate::metrics::counter("vigil_mails_sent_total", &instance, stats.sent);
+                crate::metrics::counter(
+                    "vigil_mails_suppressed_total",
+                    &instance,
+                    stats.suppressed,
+                );
+                true
+            });
+        }
         let delivery = Delivery::start(settings, self.counters.clone()).map_err(|e| {
             ConfigError::other("sinks.email", format!("cannot start the mail thread: {e}"))
         })?;
