@@ -19,8 +19,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::ConfigError;
 use crate::registry::{Dues, Registry, Seen, Slot, HARD_FIRED, NEVER, SOFT_FIRED, WEDGED};
-use crate::report::{Completion, ReportKind, ReportTrigger, StackStatus, ThreadInfo};
-use crate::sink::reporter::{AwaitingEvidence, PendingReport, StackEvidence};
+use crate::report::{
+    Completion, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
+};
+use crate::sink::reporter::{AwaitingEvidence, RawReport, StackEvidence};
 use crate::stack;
 use crate::timebox::part::DeadlinePart;
 use crate::tracked::Parts;
@@ -246,10 +248,10 @@ fn slow_report(
     slot: &Arc<Slot>,
     id: u64,
     capture: u32,
-) -> Option<PendingReport> {
+) -> Option<RawReport> {
     let tid = slot.polling_tid();
     let mut awaiting = None;
-    let (stack, thread) = if !watch.capture_stacks {
+    let (evidence, thread) = if !watch.capture_stacks {
         (StackEvidence::Known(Err(StackStatus::Disabled)), None)
     } else if tid == 0 {
         // Pending: wake its task once for a probe poll; the reporter collects the findings.
@@ -310,28 +312,28 @@ fn slow_report(
     };
     let spans = crate::spans::snapshot(id);
     let now = registry.clock.now_ns();
-    let mut report = describe(registry, slot, id, now)?;
-    report.kind = ReportKind::Slow;
-    report.capture = capture;
-    report.thread = thread;
-    report.stack = stack;
-    report.spans = spans;
-    report.awaiting = awaiting;
-    report.helpers = helpers;
-    Some(report)
+    let mut raw = describe(registry, slot, id, now)?;
+    raw.report.kind = ReportKind::Slow;
+    raw.report.capture = capture;
+    raw.report.thread = thread;
+    raw.report.spans = spans;
+    raw.evidence = evidence;
+    raw.awaiting = awaiting;
+    raw.helpers = helpers;
+    Some(raw)
 }
 
-fn completion(registry: &Registry, slot: &Slot, id: u64) -> Option<PendingReport> {
+fn completion(registry: &Registry, slot: &Slot, id: u64) -> Option<RawReport> {
     let (finished_ns, status) = slot.finished();
-    let mut report = describe(registry, slot, id, finished_ns)?;
-    report.kind = ReportKind::Completed;
-    report.capture = slot.reports();
-    report.completion = Some(Completion { status });
-    Some(report)
+    let mut raw = describe(registry, slot, id, finished_ns)?;
+    raw.report.kind = ReportKind::Completed;
+    raw.report.capture = slot.reports();
+    raw.report.completion = Some(Completion { status });
+    Some(raw)
 }
 
 /// The request's description, or `None` if the slot no longer holds request `id`.
-fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<PendingReport> {
+fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<RawReport> {
     let occupant = slot.occupant();
     if occupant.id != id {
         return None;
@@ -348,29 +350,38 @@ fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<Pen
         .find(|(name, _)| name == "host")
         .map(|(_, value)| value.clone())
         .or_else(|| authority_of(&meta.uri));
-    Some(PendingReport {
+    let report = SlowRequestReport {
         kind: ReportKind::Slow,
         request_id: id,
         capture: 0,
+        trigger: ReportTrigger::Threshold,
         intercepted_at: SystemTime::now(),
-        started_at: clock.wall_at(started),
-        elapsed: Duration::from_nanos(at_ns.saturating_sub(started)),
         method: meta.method.to_string(),
         uri: meta.uri.clone(),
-        version: format!("{:?}", meta.version),
-        route_key: format!("{} {}", meta.method, meta.route_key),
+        version: meta.version,
         host,
         headers,
+        pid: std::process::id(),
+        hostname: crate::report::hostname().to_owned(),
         thread: None,
-        stack: StackEvidence::Known(Err(StackStatus::NotCaptured)),
+        started_at: clock.wall_at(started),
+        elapsed: Duration::from_nanos(at_ns.saturating_sub(started)),
+        stack_status: StackStatus::NotApplicable,
+        stack: Vec::new(),
+        spans: SpanTree::unknown(),
+        completion: None,
+        route_key: format!("{} {}", meta.method, meta.route_key),
+        awaiting: None,
+        helper_threads: Vec::new(),
+        // Set by the reporter, from the resolved stack.
+        signature: String::new(),
+        signature_text: String::new(),
+    };
+    Some(RawReport {
+        report,
+        evidence: StackEvidence::Known(Err(StackStatus::NotApplicable)),
         awaiting: None,
         helpers: Vec::new(),
-        spans: crate::report::SpanTree {
-            installed: false,
-            spans: Vec::new(),
-        },
-        completion: None,
-        trigger: ReportTrigger::Threshold,
     })
 }
 

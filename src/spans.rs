@@ -64,7 +64,7 @@ use tracing_subscriber::Layer;
 use crate::report::{OpenSpan, SpanTree};
 
 /// Longest field text kept per span; longer values are cut with `…`.
-pub const MAX_FIELDS_LEN: usize = 512;
+pub(crate) const MAX_FIELDS_LEN: usize = 512;
 
 const STORE_SHARDS: usize = 16;
 

@@ -43,8 +43,13 @@ pub struct WatchdogConfig {
     /// More headers whose values are redacted in reports (Authorization, Cookie, Set-Cookie and
     /// Proxy-Authorization always are). Default: none.
     pub redact_headers: Vec<String>,
-    /// Query parameters whose values are redacted in reports. Default: none.
+    /// More names of query parameters whose values are redacted in reports, matched like the
+    /// built-in list ([`SENSITIVE_NAME_FRAGMENTS`](crate::report::SENSITIVE_NAME_FRAGMENTS)):
+    /// in any case, as the whole name or a part of it. Default: none.
     pub redact_query_params: Vec<String>,
+    /// Query parameters let through although the built-in list of sensitive names would
+    /// redact them (`page_token`), matched as whole names in any case. Default: none.
+    pub allow_query_params: Vec<String>,
     /// Paths the watchdog ignores; `*` matches any run of characters (`/health`, `/static/*`,
     /// `*.png`). Each starts with `/` or `*`. Default: none.
     pub ignore_paths: Vec<String>,
@@ -63,6 +68,7 @@ impl Default for WatchdogConfig {
             report_headers: Self::DEFAULT_REPORT_HEADERS.map(str::to_owned).to_vec(),
             redact_headers: Vec::new(),
             redact_query_params: Vec::new(),
+            allow_query_params: Vec::new(),
             ignore_paths: Vec::new(),
         }
     }

@@ -9,8 +9,8 @@ use crate::report::{ReportKind, SlowRequestReport};
 /// `DOGSLOW_OUTPUT`.
 ///
 /// Files are named `slow-<request id>-<n>.txt` (the n-th capture) and `slow-<request id>-done.txt`
-/// (the completion record), each with a `.json` twin. Each file is written under a temporary
-/// name and renamed, so a reader never sees half a report.
+/// (the completion record), each with a `.json` twin, written after the `.txt`. Each file is
+/// written under a temporary name and renamed, so a reader never sees half a report.
 ///
 /// ```no_run
 /// # fn main() -> std::io::Result<()> {
@@ -54,7 +54,7 @@ impl FileSink {
     }
 
     /// The file stem of a report: `slow-<request id>-<capture>` or `slow-<request id>-done`.
-    pub fn file_stem(report: &SlowRequestReport) -> String {
+    pub(crate) fn file_stem(report: &SlowRequestReport) -> String {
         match report.kind {
             ReportKind::Completed => format!("slow-{}-done", report.request_id),
             _ => format!("slow-{}-{}", report.request_id, report.capture),
@@ -91,9 +91,10 @@ impl Sink for FileSink {
 
     fn deliver(&self, report: &SlowRequestReport) -> Result<(), SinkError> {
         let stem = Self::file_stem(report);
-        let json = serde_json::to_vec_pretty(report).map_err(SinkError::new)?;
-        self.write_atomically(&format!("{stem}.json"), &json)?;
+        let json = crate::report::json::to_json(report).map_err(SinkError::new)?;
+        // The .json last: a reader that sees it finds the .txt too.
         self.write_atomically(&format!("{stem}.txt"), report.to_text().as_bytes())?;
+        self.write_atomically(&format!("{stem}.json"), &json)?;
         Ok(())
     }
 }

@@ -70,7 +70,7 @@ macro_rules! emit {
             request_id = $report.request_id,
             method = %$report.method,
             uri = %$report.uri,
-            elapsed_ms = ($report.elapsed_secs * 1000.0) as u64,
+            elapsed_ms = $report.elapsed.as_millis() as u64,
             kind = ?$report.kind,
             capture = $report.capture,
             top_frame = $top,

@@ -4,13 +4,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::Sink;
-use crate::report::{
-    rfc3339, Completion, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus,
-    ThreadInfo,
-};
+use crate::report::{HelperThread, SlowRequestReport, StackStatus, ThreadInfo};
 use crate::stack::{self, CaptureError, PendingCapture, RawStack};
 
 /// The stack of a report: known when the monitor handed it over, or a capture whose signal
@@ -58,42 +55,31 @@ pub(crate) enum AwaitingEvidence {
     Unavailable(&'static str),
 }
 
-/// Everything the monitor collected about a request, before symbolization.
-pub(crate) struct PendingReport {
-    pub(crate) kind: ReportKind,
-    pub(crate) request_id: u64,
-    pub(crate) capture: u32,
-    pub(crate) trigger: ReportTrigger,
-    pub(crate) intercepted_at: SystemTime,
-    pub(crate) started_at: SystemTime,
-    pub(crate) elapsed: Duration,
-    pub(crate) method: String,
-    pub(crate) uri: String,
-    pub(crate) version: String,
-    pub(crate) route_key: String,
-    pub(crate) host: Option<String>,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) thread: Option<ThreadInfo>,
-    pub(crate) stack: StackEvidence,
+/// A report as the monitor makes it: complete but for the stack, which the reporter resolves
+/// (waits for the capture, symbolizes) so the monitor never does.
+pub(crate) struct RawReport {
+    /// The report; its `stack_status` and `stack` are filled in from `evidence`, and its
+    /// `awaiting` from `awaiting`.
+    pub(crate) report: SlowRequestReport,
+    pub(crate) evidence: StackEvidence,
     /// For a pending request: the probe poll asked for, or why there is none.
     pub(crate) awaiting: Option<AwaitingEvidence>,
     /// Threads working for the request outside its poll, with their captures under way.
     pub(crate) helpers: Vec<(ThreadInfo, StackEvidence)>,
-    pub(crate) spans: SpanTree,
-    pub(crate) completion: Option<Completion>,
 }
 
-impl PendingReport {
+impl RawReport {
     fn into_report(self, counters: &DeliveryCounters) -> SlowRequestReport {
-        let (stack_status, stack) = match self.stack.resolve(counters) {
+        let mut report = self.report;
+        (report.stack_status, report.stack) = match self.evidence.resolve(counters) {
             Ok(raw) => (StackStatus::Captured, stack::resolve(&raw)),
             Err(status) => (status, Vec::new()),
         };
-        let awaiting = self.awaiting.map(|evidence| match evidence {
+        report.awaiting = self.awaiting.map(|evidence| match evidence {
             AwaitingEvidence::Probe(probe) => probe.resolve(),
             AwaitingEvidence::Unavailable(reason) => crate::watchdog::awaiting::unavailable(reason),
         });
-        let helper_threads = self
+        report.helper_threads = self
             .helpers
             .into_iter()
             .map(|(thread, evidence)| {
@@ -101,46 +87,39 @@ impl PendingReport {
                     Ok(raw) => (StackStatus::Captured, stack::resolve(&raw)),
                     Err(status) => (status, Vec::new()),
                 };
-                crate::report::HelperThread {
+                HelperThread {
                     thread,
                     stack_status,
                     stack,
                 }
             })
             .collect();
-        let (signature, signature_text) =
-            crate::report::signature(&self.route_key, &stack, awaiting.as_ref());
-        SlowRequestReport {
-            kind: self.kind,
-            request_id: self.request_id,
-            capture: self.capture,
-            trigger: self.trigger,
-            intercepted_at: rfc3339(self.intercepted_at),
-            method: self.method,
-            uri: self.uri,
-            version: self.version,
-            host: self.host,
-            headers: self.headers,
-            pid: std::process::id(),
-            hostname: crate::report::hostname().to_owned(),
-            thread: self.thread,
-            started_at: rfc3339(self.started_at),
-            elapsed_secs: self.elapsed.as_secs_f64(),
-            stack_status,
-            stack,
-            spans: self.spans,
-            completion: self.completion,
-            route_key: self.route_key,
-            awaiting,
-            helper_threads,
-            signature,
-            signature_text,
-        }
+        (report.signature, report.signature_text) = crate::report::signature::signature(
+            &report.route_key,
+            &report.stack,
+            report.awaiting.as_ref(),
+        );
+        report
+    }
+}
+
+// The monitor sets what it learns last (the trigger) on the report itself.
+impl std::ops::Deref for RawReport {
+    type Target = SlowRequestReport;
+
+    fn deref(&self) -> &SlowRequestReport {
+        &self.report
+    }
+}
+
+impl std::ops::DerefMut for RawReport {
+    fn deref_mut(&mut self) -> &mut SlowRequestReport {
+        &mut self.report
     }
 }
 
 enum Message {
-    Report(Box<PendingReport>),
+    Report(Box<RawReport>),
     Flush {
         deadline: std::time::Instant,
         done: mpsc::Sender<bool>,
@@ -203,7 +182,7 @@ impl Reporter {
     }
 
     /// Queues a report without blocking; a full queue drops it and counts the drop.
-    pub(crate) fn submit(&self, report: PendingReport) -> bool {
+    pub(crate) fn submit(&self, report: RawReport) -> bool {
         match self.queue.try_send(Message::Report(Box::new(report))) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {

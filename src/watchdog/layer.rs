@@ -359,16 +359,43 @@ impl WatchdogBuilder {
         self
     }
 
-    /// Another header whose value is replaced by `[redacted]` in every report.
+    /// Another header whose value is replaced by `[redacted]` in every report; headers named
+    /// by the built-in list of sensitive names (`x-api-key`, `x-csrf-token`) already are.
     pub fn redact_header(mut self, name: HeaderName) -> Self {
         self.config.redact_headers.push(name.as_str().to_owned());
         self
     }
 
-    /// A query parameter whose value is replaced by `[redacted]` in every report. Names
-    /// match after percent-decoding, case-sensitively.
+    /// Adds a name to the built-in list of sensitive names
+    /// ([`SENSITIVE_NAME_FRAGMENTS`](crate::report::SENSITIVE_NAME_FRAGMENTS)): the value of
+    /// every query parameter whose name is or contains it is replaced by `[redacted]` in every
+    /// report, and so is every header of [`report_headers`](Self::report_headers) so named.
+    ///
+    /// Names are compared after percent-decoding, in any case, with `-`, `_` and `.` left out:
+    /// `ticket` redacts `ticket`, `Ticket_ID` and `x-ticket`. A name added here wins over
+    /// [`allow_query_param`](Self::allow_query_param).
     pub fn redact_query_param(mut self, name: impl Into<String>) -> Self {
         self.config.redact_query_params.push(name.into());
+        self
+    }
+
+    /// Lets one query parameter through that the built-in list of sensitive names would
+    /// redact, such as `page_token` (a cursor, not a secret) or `author` (it contains `auth`).
+    ///
+    /// The name must match whole, compared as in [`redact_query_param`](Self::redact_query_param):
+    /// `page_token` also lets `Page-Token` through, but not `page_token2`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_vigil::watchdog::WatchdogLayer;
+    ///
+    /// let watchdog = WatchdogLayer::builder(Duration::from_secs(5))
+    ///     .allow_query_param("page_token")
+    ///     .build()?;
+    /// # Ok::<(), tower_vigil::ConfigError>(())
+    /// ```
+    pub fn allow_query_param(mut self, name: impl Into<String>) -> Self {
+        self.config.allow_query_params.push(name.into());
         self
     }
 
@@ -451,11 +478,12 @@ impl WatchdogBuilder {
                 paths: config.ignore_paths.clone(),
                 predicate: self.ignore_if,
             },
-            capture: RequestCapture {
+            capture: RequestCapture::new(
                 headers,
-                redacted_headers,
-                redacted_query_params: config.redact_query_params.clone(),
-            },
+                &redacted_headers,
+                &config.redact_query_params,
+                &config.allow_query_params,
+            ),
         });
         let parts = Arc::new(Parts {
             registry: core.registry.clone(),

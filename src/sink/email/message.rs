@@ -127,7 +127,7 @@ impl SubjectTemplate {
                         Field::Method => write!(out, "{}", report.method),
                         Field::Uri => write!(out, "{}", report.uri),
                         Field::Route => write!(out, "{}", report.route_key),
-                        Field::Elapsed => write!(out, "{}", format_secs(report.elapsed_secs)),
+                        Field::Elapsed => write!(out, "{}", format_secs(report.elapsed)),
                         Field::Hostname => write!(out, "{}", report.hostname),
                         Field::Kind => write!(
                             out,
@@ -315,7 +315,7 @@ pub(crate) fn report_message(
         "\n-- \nSent by tower-vigil from {} (pid {}). The report as JSON is attached.\n",
         report.hostname, report.pid
     );
-    let json = serde_json::to_vec_pretty(report)
+    let json = crate::report::json::to_json(report)
         .map_err(|error| EmailError::new(format!("cannot render the JSON report: {error}")))?;
     let attachment = Attachment::new(format!("{}.json", FileSink::file_stem(report))).body(
         json,
@@ -384,38 +384,21 @@ pub(crate) fn more_slow_requests(n: u64) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::report::{SpanTree, StackStatus};
+    use std::time::{Duration, SystemTime};
 
     pub(crate) fn report(uri: &str) -> SlowRequestReport {
-        SlowRequestReport {
-            kind: ReportKind::Slow,
-            request_id: 42,
-            capture: 1,
-            trigger: crate::report::ReportTrigger::Threshold,
-            intercepted_at: "2026-11-23T10:42:00.000Z".into(),
-            method: "GET".into(),
-            uri: uri.into(),
-            version: "HTTP/1.1".into(),
-            host: Some("example.com".into()),
-            headers: vec![],
-            pid: 7,
-            hostname: "web-3".into(),
-            thread: None,
-            started_at: "2026-11-23T10:41:52.800Z".into(),
-            elapsed_secs: 7.2,
-            stack_status: StackStatus::Pending,
-            stack: vec![],
-            spans: SpanTree {
-                installed: false,
-                spans: vec![],
-            },
-            completion: None,
-            route_key: format!("GET {}", uri.split('?').next().unwrap()),
-            awaiting: None,
-            helper_threads: Vec::new(),
-            signature: String::new(),
-            signature_text: String::new(),
-        }
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_430_520);
+        let mut report = SlowRequestReport::builder("GET", uri)
+            .request_id(42)
+            .intercepted_at(at)
+            .elapsed(Duration::from_millis(7200))
+            .header("host", "example.com")
+            .build();
+        // The host header is kept apart here, as the crafted-header tests set their own.
+        report.headers.clear();
+        report.pid = 7;
+        report.hostname = "web-3".into();
+        report
     }
 
     fn default_template() -> SubjectTemplate {

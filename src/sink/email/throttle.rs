@@ -119,7 +119,7 @@ pub(crate) struct RouteDigest {
     /// Later captures (and completion records) of requests.
     pub(crate) recaptures: u64,
     since: SystemTime,
-    longest_secs: f64,
+    longest: Duration,
     examples: Vec<Example>,
 }
 
@@ -128,8 +128,8 @@ struct Example {
     request_id: u64,
     method: String,
     uri: String,
-    elapsed_secs: f64,
-    intercepted_at: String,
+    elapsed: Duration,
+    intercepted_at: SystemTime,
     top_frame: Option<String>,
 }
 
@@ -158,7 +158,7 @@ impl Digest {
                     requests: 0,
                     recaptures: 0,
                     since: SystemTime::now(),
-                    longest_secs: 0.0,
+                    longest: Duration::ZERO,
                     examples: Vec::new(),
                 });
                 self.routes.last_mut().expect("just pushed")
@@ -180,19 +180,17 @@ impl Digest {
         } else {
             route.recaptures += 1;
         }
-        route.longest_secs = route.longest_secs.max(report.elapsed_secs);
+        route.longest = route.longest.max(report.elapsed);
         let example = Example {
             request_id: report.request_id,
             method: report.method.clone(),
             uri: report.uri.clone(),
-            elapsed_secs: report.elapsed_secs,
-            intercepted_at: report.intercepted_at.clone(),
+            elapsed: report.elapsed,
+            intercepted_at: report.intercepted_at,
             top_frame: report.top_app_frame().and_then(|f| f.function.clone()),
         };
         route.examples.push(example);
-        route
-            .examples
-            .sort_by(|a, b| b.elapsed_secs.total_cmp(&a.elapsed_secs));
+        route.examples.sort_by_key(|e| std::cmp::Reverse(e.elapsed));
         route.examples.truncate(EXAMPLES_PER_ROUTE);
     }
 
@@ -226,7 +224,7 @@ impl Digest {
                 more_slow_requests(route.requests),
                 route.route_key,
                 clock(route.since),
-                format_secs(route.longest_secs)
+                format_secs(route.longest)
             );
             if route.recaptures > 0 {
                 let _ = writeln!(
@@ -242,8 +240,8 @@ impl Digest {
                     example.request_id,
                     example.method,
                     example.uri,
-                    format_secs(example.elapsed_secs),
-                    example.intercepted_at
+                    format_secs(example.elapsed),
+                    humantime::format_rfc3339_millis(example.intercepted_at)
                 );
                 if let Some(top) = &example.top_frame {
                     let _ = write!(out, " in {top}");
@@ -264,10 +262,18 @@ impl Digest {
     }
 }
 
-/// `10:42:07 UTC`.
+/// `10:42:07 UTC`: the time of day, which is all a digest of one window needs.
 fn clock(at: SystemTime) -> String {
-    let stamp = humantime::format_rfc3339_seconds(at).to_string();
-    format!("{} UTC", stamp.get(11..19).unwrap_or(&stamp))
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let of_day = secs % 86_400;
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
 }
 
 #[cfg(test)]
@@ -349,6 +355,13 @@ mod tests {
         let text = digest.to_text("web-3");
         assert!(text.contains("plus 1 later captures"), "{text}");
         assert!(text.contains("on 6 more routes"), "{text}");
+    }
+
+    #[test]
+    fn the_clock_reads_the_time_of_day_in_utc() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_430_527);
+        assert_eq!(clock(at), "10:42:07 UTC");
+        assert_eq!(clock(SystemTime::UNIX_EPOCH), "00:00:00 UTC");
     }
 
     #[test]

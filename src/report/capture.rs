@@ -1,0 +1,529 @@
+//! The request path: what a report keeps of a request, copied and redacted when the request
+//! registers, into buffers that are reused, so a request that is never slow allocates nothing.
+
+use std::fmt::Write as _;
+
+use http::header::{self, HeaderName};
+
+/// The text that replaces every redacted value.
+pub const REDACTED: &str = "[redacted]";
+
+/// Headers whose values are always redacted, whatever the configuration says.
+pub const ALWAYS_REDACTED_HEADERS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::SET_COOKIE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Names that mark a value as secret wherever they appear in a query parameter's or a
+/// configured header's name (`x-api-key`, `user_password`, `AccessToken`, `csrf_token`).
+///
+/// Names are compared in lower case with `-`, `_`, `.` and spaces left out, after
+/// percent-decoding, so `api_key`, `API-Key` and `api%5Fkey` are all `apikey`. The list follows
+/// what error trackers scrub by default (Sentry's, Rollbar's, Rails' parameter filter).
+pub const SENSITIVE_NAME_FRAGMENTS: &[&str] = &[
+    "password",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "accesskey",
+    "privatekey",
+    "auth",
+    "credential",
+    "session",
+    "sessid",
+    "signature",
+    "csrf",
+    "xsrf",
+    "jwt",
+    "bearer",
+    "cookie",
+    "creditcard",
+    "cardnumber",
+    "ccnumber",
+    "cvv",
+    "cvc",
+];
+
+/// Short names that mark a value as secret only as the whole name: as fragments they would
+/// hide ordinary parameters (`otp` is in `footprint`, `ssn` in `classname`, `sid` in `inside`).
+/// Compared as [`SENSITIVE_NAME_FRAGMENTS`] are.
+pub const SENSITIVE_NAMES: &[&str] = &["pw", "pin", "otp", "ssn", "sid", "sig", "key"];
+
+/// Longest header value copied into a report; the rest is cut with a visible mark, so one huge
+/// header cannot hold megabytes in a reused registry slot.
+pub(crate) const HEADER_VALUE_LIMIT: usize = 1024;
+/// Longest URI (and route key) copied into a report.
+pub(crate) const URI_LIMIT: usize = 4096;
+/// Longest parameter name compared by content; a longer one is redacted without a look.
+const NAME_LIMIT: usize = 128;
+
+/// Cuts `text` at `limit` bytes (on a character boundary) with a mark giving the full length,
+/// and gives back a buffer that grew far past the limit.
+fn cap(text: &mut String, limit: usize) {
+    if text.len() > limit {
+        let total = text.len();
+        let mut at = limit;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        let _ = write!(text, "…[truncated, {total} bytes]");
+    }
+    if text.capacity() > 2 * limit {
+        text.shrink_to(limit + 64);
+    }
+}
+
+/// What a request looked like when it came in, copied into reused buffers at registration.
+#[derive(Debug, Default)]
+pub(crate) struct RequestMeta {
+    pub(crate) method: http::Method,
+    pub(crate) version: http::Version,
+    pub(crate) uri: String,
+    pub(crate) route_key: String,
+    pub(crate) headers: Vec<(HeaderName, String)>,
+    pub(crate) header_count: usize,
+}
+
+/// Which request parts a report carries and which secrets it hides.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestCapture {
+    /// The configured headers, each with whether its value is redacted: decided once here, so
+    /// the request path does not match header names.
+    headers: Vec<(HeaderName, bool)>,
+    /// Extra sensitive names, normalized; matched like [`SENSITIVE_NAME_FRAGMENTS`].
+    redacted_params: Vec<Vec<u8>>,
+    /// Parameter names let through despite the built-in list, normalized; matched whole.
+    allowed_params: Vec<Vec<u8>>,
+}
+
+impl RequestCapture {
+    /// `headers` are copied into reports; those named in `redacted_headers`, in
+    /// [`ALWAYS_REDACTED_HEADERS`] or by the built-in list are redacted. Query parameters are
+    /// redacted by the built-in list and `redacted_params`, except those in `allowed_params`
+    /// (an explicit `redacted_params` entry wins over an allowed one).
+    pub(crate) fn new(
+        headers: Vec<HeaderName>,
+        redacted_headers: &[HeaderName],
+        redacted_params: &[String],
+        allowed_params: &[String],
+    ) -> Self {
+        let owned = |names: &[String]| -> Vec<Vec<u8>> {
+            names
+                .iter()
+                .filter_map(|name| {
+                    let mut buffer = [0; NAME_LIMIT];
+                    let normal = normalize(name, &mut buffer)?;
+                    (!normal.is_empty()).then(|| normal.to_vec())
+                })
+                .collect()
+        };
+        let redacted_params = owned(redacted_params);
+        let headers = headers
+            .into_iter()
+            .map(|name| {
+                let redacted = ALWAYS_REDACTED_HEADERS.contains(&name)
+                    || redacted_headers.contains(&name)
+                    || name_is_sensitive(name.as_str(), &redacted_params);
+                (name, redacted)
+            })
+            .collect();
+        Self {
+            headers,
+            redacted_params,
+            allowed_params: owned(allowed_params),
+        }
+    }
+
+    /// Copies the request line and the selected headers, redacting secrets on the way in.
+    pub(crate) fn fill<B>(&self, request: &http::Request<B>, meta: &mut RequestMeta) {
+        meta.method.clone_from(request.method());
+        meta.version = request.version();
+        meta.uri.clear();
+        meta.route_key.clear();
+        let uri = request.uri();
+        if let Some(scheme) = uri.scheme_str() {
+            meta.uri.push_str(scheme);
+            meta.uri.push_str("://");
+        }
+        if let Some(authority) = uri.authority() {
+            meta.uri.push_str(authority.as_str());
+        }
+        meta.uri.push_str(uri.path());
+        meta.route_key.push_str(uri.path());
+        if let Some(query) = uri.query() {
+            meta.uri.push('?');
+            self.push_redacted_query(query, &mut meta.uri);
+        }
+        cap(&mut meta.uri, URI_LIMIT);
+        cap(&mut meta.route_key, URI_LIMIT);
+        meta.header_count = 0;
+        // One pass over the request's few headers beats a hash lookup per configured name.
+        for (name, value) in request.headers() {
+            let Some(&(_, redacted)) = self.headers.iter().find(|(wanted, _)| wanted == name)
+            else {
+                continue;
+            };
+            if meta.header_count == meta.headers.len() {
+                meta.headers.push((name.clone(), String::new()));
+            }
+            let entry = &mut meta.headers[meta.header_count];
+            if entry.0 != name {
+                entry.0.clone_from(name);
+            }
+            entry.1.clear();
+            if redacted {
+                entry.1.push_str(REDACTED);
+            } else if name == header::REFERER {
+                // The previous page's URL carries its query, tokens and all.
+                self.push_referer(value, &mut entry.1);
+            } else {
+                push_header_value(value, &mut entry.1);
+            }
+            if entry.1.capacity() > 2 * HEADER_VALUE_LIMIT {
+                entry.1.shrink_to(HEADER_VALUE_LIMIT + 64);
+            }
+            meta.header_count += 1;
+        }
+    }
+
+    fn push_referer(&self, value: &http::HeaderValue, out: &mut String) {
+        let bytes = value.as_bytes();
+        let plain = bytes.len() <= HEADER_VALUE_LIMIT
+            && bytes.iter().all(|&b| b == b' ' || b.is_ascii_graphic());
+        match std::str::from_utf8(bytes).ok().filter(|_| plain) {
+            Some(text) => match text.split_once('?') {
+                Some((page, query)) => {
+                    out.push_str(page);
+                    out.push('?');
+                    self.push_redacted_query(query, out);
+                }
+                None => out.push_str(text),
+            },
+            // Too long or not plain text: nothing of it is worth the risk.
+            None if bytes.contains(&b'?') => out.push_str(REDACTED),
+            None => push_header_value(value, out),
+        }
+    }
+
+    fn push_redacted_query(&self, query: &str, out: &mut String) {
+        for (index, pair) in query.split('&').enumerate() {
+            if index > 0 {
+                out.push('&');
+            }
+            let (key, has_value) = match pair.split_once('=') {
+                Some((key, _)) => (key, true),
+                None => (pair, false),
+            };
+            if has_value && self.is_redacted_param(key) {
+                out.push_str(key);
+                out.push('=');
+                out.push_str(REDACTED);
+            } else {
+                out.push_str(pair);
+            }
+        }
+    }
+
+    /// Compares names the way a server would decode them, so `api%5Fkey` does not slip past a
+    /// rule for `api_key`.
+    fn is_redacted_param(&self, raw_key: &str) -> bool {
+        let mut buffer = [0; NAME_LIMIT];
+        let Some(name) = normalize(raw_key, &mut buffer) else {
+            return true;
+        };
+        if self.redacted_params.iter().any(|r| contains(name, r)) {
+            return true;
+        }
+        if self.allowed_params.iter().any(|a| a == name) {
+            return false;
+        }
+        is_sensitive(name)
+    }
+}
+
+/// Whether a name (a header's, or a parameter's as written) is on the built-in list or on
+/// `extra`, matched as fragments.
+fn name_is_sensitive(raw: &str, extra: &[Vec<u8>]) -> bool {
+    let mut buffer = [0; NAME_LIMIT];
+    match normalize(raw, &mut buffer) {
+        Some(name) => is_sensitive(name) || extra.iter().any(|e| contains(name, e)),
+        None => true,
+    }
+}
+
+/// Whether a normalized name is on the built-in list.
+fn is_sensitive(name: &[u8]) -> bool {
+    SENSITIVE_NAMES.iter().any(|s| s.as_bytes() == name)
+        || SENSITIVE_NAME_FRAGMENTS
+            .iter()
+            .any(|s| contains(name, s.as_bytes()))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The name percent-decoded (`+` as a space), in ASCII lower case, without separators, in
+/// `buffer`; `None` when it does not fit.
+fn normalize<'b>(raw: &str, buffer: &'b mut [u8; NAME_LIMIT]) -> Option<&'b [u8]> {
+    let mut len = 0;
+    for byte in decoded(raw.as_bytes()) {
+        if matches!(byte, b'-' | b'_' | b'.' | b' ') {
+            continue;
+        }
+        *buffer.get_mut(len)? = byte.to_ascii_lowercase();
+        len += 1;
+    }
+    Some(&buffer[..len])
+}
+
+/// The bytes of a query name as a server decodes them: `%XX` escapes and `+` for a space.
+fn decoded(raw: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let byte = *raw.get(i)?;
+        i += 1;
+        Some(match byte {
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (
+                    raw.get(i).and_then(|&b| hex(b)),
+                    raw.get(i + 1).and_then(|&b| hex(b)),
+                ) {
+                    (Some(high), Some(low)) => {
+                        i += 2;
+                        (high * 16 + low) as u8
+                    }
+                    _ => b'%',
+                }
+            }
+            b'+' => b' ',
+            other => other,
+        })
+    })
+}
+
+/// Header values are usually ASCII; anything else is shown lossily, and control characters are
+/// escaped so a value cannot forge lines in a text report. At most [`HEADER_VALUE_LIMIT`] bytes
+/// of the value are read, so a huge header costs nothing more than a short one.
+fn push_header_value(value: &http::HeaderValue, out: &mut String) {
+    let bytes = value.as_bytes();
+    let shown = &bytes[..bytes.len().min(HEADER_VALUE_LIMIT)];
+    let start = out.len();
+    if shown.iter().all(|&b| b == b' ' || b.is_ascii_graphic()) {
+        // The common case: printable ASCII, copied as it is.
+        out.push_str(std::str::from_utf8(shown).unwrap_or_default());
+    } else {
+        push_escaped(shown, out, start);
+    }
+    if bytes.len() > shown.len() {
+        let _ = write!(out, "…[truncated, {} bytes]", bytes.len());
+    }
+}
+
+fn push_escaped(shown: &[u8], out: &mut String, start: usize) {
+    'chunks: for chunk in shown.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if out.len() - start >= HEADER_VALUE_LIMIT {
+                break 'chunks;
+            }
+            if c.is_control() {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            } else {
+                out.push(c);
+            }
+        }
+        if !chunk.invalid().is_empty() {
+            out.push('\u{fffd}');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture(params: &[&str]) -> RequestCapture {
+        let params: Vec<String> = params.iter().map(|s| s.to_string()).collect();
+        RequestCapture::new(
+            vec![header::HOST, header::AUTHORIZATION, header::USER_AGENT],
+            &[],
+            &params,
+            &[],
+        )
+    }
+
+    fn normal(raw: &str) -> Option<String> {
+        let mut buffer = [0; NAME_LIMIT];
+        normalize(raw, &mut buffer).map(|n| String::from_utf8(n.to_vec()).unwrap())
+    }
+
+    fn uri_of(capture: &RequestCapture, uri: &str) -> String {
+        let request = http::Request::get(uri).body(()).unwrap();
+        let mut meta = RequestMeta::default();
+        capture.fill(&request, &mut meta);
+        meta.uri
+    }
+
+    #[test]
+    fn secrets_are_redacted_when_copied() {
+        let request = http::Request::get("/a?ticket=s3cret&x=1&my%5Fticket=k&flag")
+            .header("authorization", "Bearer abc")
+            .header("host", "example.com")
+            .body(())
+            .unwrap();
+        let mut meta = RequestMeta::default();
+        capture(&["ticket"]).fill(&request, &mut meta);
+        assert_eq!(
+            meta.uri,
+            "/a?ticket=[redacted]&x=1&my%5Fticket=[redacted]&flag"
+        );
+        let headers: Vec<_> = meta.headers[..meta.header_count]
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.clone()))
+            .collect();
+        assert!(headers.contains(&("authorization".into(), REDACTED.into())));
+        assert!(headers.contains(&("host".into(), "example.com".into())));
+        assert!(!format!("{headers:?}").contains("abc"));
+    }
+
+    #[test]
+    fn buffers_are_reused_between_requests() {
+        let capture = capture(&[]);
+        let mut meta = RequestMeta::default();
+        let long = http::Request::get("/a/very/long/path/that/needs/room?x=1")
+            .header("host", "h")
+            .body(())
+            .unwrap();
+        capture.fill(&long, &mut meta);
+        let uri_capacity = meta.uri.capacity();
+        let short = http::Request::get("/b").body(()).unwrap();
+        capture.fill(&short, &mut meta);
+        assert_eq!(meta.uri, "/b");
+        assert_eq!(meta.header_count, 0);
+        assert_eq!(meta.uri.capacity(), uri_capacity);
+    }
+
+    #[test]
+    fn percent_decoding_matches_names() {
+        assert_eq!(normal("api%5Fkey").as_deref(), Some("apikey"));
+        assert_eq!(normal("API_KEY").as_deref(), Some("apikey"));
+        assert_eq!(normal("x-Api.Key+2").as_deref(), Some("xapikey2"));
+        assert_eq!(normal("%").as_deref(), Some("%"));
+        assert_eq!(normal("%4").as_deref(), Some("%4"));
+        assert_eq!(normal("%zz").as_deref(), Some("%zz"));
+        assert_eq!(normal(&"a".repeat(NAME_LIMIT + 1)), None);
+        // Names past the limit are redacted unseen rather than half read.
+        assert!(capture(&[]).is_redacted_param(&"a".repeat(NAME_LIMIT + 1)));
+    }
+
+    #[test]
+    fn the_built_in_list_matches_whole_names_and_fragments_in_any_case() {
+        let capture = capture(&[]);
+        for secret in [
+            "token",
+            "api_key",
+            "apikey",
+            "access_token",
+            "AccessToken",
+            "refresh-token",
+            "password",
+            "user_password",
+            "passwd",
+            "pwd",
+            "secret",
+            "client_secret",
+            "auth",
+            "credentials",
+            "session",
+            "PHPSESSID",
+            "signature",
+            "X-Amz-Signature",
+            "private_key",
+            "csrf_token",
+            "_xsrf",
+            "jwt",
+            "card_number",
+            "cvv",
+            "otp",
+            "ssn",
+            "sig",
+            "key",
+            "api%5Fkey",
+        ] {
+            assert!(capture.is_redacted_param(secret), "{secret}");
+        }
+        for plain in [
+            "page",
+            "q",
+            "id",
+            "footprint",
+            "classname",
+            "inside",
+            "monkey",
+            "sort",
+        ] {
+            assert!(!capture.is_redacted_param(plain), "{plain}");
+        }
+    }
+
+    #[test]
+    fn allowed_names_pass_and_explicit_redaction_wins() {
+        let capture = RequestCapture::new(
+            vec![],
+            &[],
+            &["author".into()],
+            &["page_token".into(), "author".into()],
+        );
+        assert_eq!(
+            uri_of(&capture, "/a?Page-Token=p2&token=t&author=me"),
+            "/a?Page-Token=p2&token=[redacted]&author=[redacted]"
+        );
+    }
+
+    #[test]
+    fn configured_headers_with_sensitive_names_are_redacted() {
+        let capture = RequestCapture::new(
+            vec![
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("x-csrf-token"),
+                HeaderName::from_static("x-request-id"),
+                header::USER_AGENT,
+                header::REFERER,
+            ],
+            &[],
+            &[],
+            &[],
+        );
+        let request = http::Request::get("/")
+            .header("x-api-key", "k3y")
+            .header("x-csrf-token", "c")
+            .header("x-request-id", "r-1")
+            .header("user-agent", "ua")
+            .header("referer", "https://example.com/login?next=/a&token=t0k")
+            .body(())
+            .unwrap();
+        let mut meta = RequestMeta::default();
+        capture.fill(&request, &mut meta);
+        let headers: Vec<_> = meta.headers[..meta.header_count]
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}"))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                "x-api-key: [redacted]",
+                "x-csrf-token: [redacted]",
+                "x-request-id: r-1",
+                "user-agent: ua",
+                "referer: https://example.com/login?next=/a&token=[redacted]",
+            ]
+        );
+    }
+}
