@@ -303,8 +303,8 @@ fn slow_route(seen: Seen) -> Router {
     )
 }
 
-fn hard_timebox(deadline_extension: bool) -> TimeboxLayer {
-    TimeboxLayer::builder(HARD)
+fn hard_timebox(hard: Duration, deadline_extension: bool) -> TimeboxLayer {
+    TimeboxLayer::builder(hard)
         .resolution(Duration::from_millis(10))
         .deadline_extension(deadline_extension)
         .build()
@@ -348,7 +348,7 @@ async fn check_profile_is_exempt(name: &str, addr: SocketAddr, timebox: &Timebox
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profiled_request_is_exempt_with_the_profiler_outside_the_timebox() {
     let seen = Seen::default();
-    let timebox = hard_timebox(true);
+    let timebox = hard_timebox(HARD, true);
     let app = slow_route(seen.clone())
         .layer(timebox.clone())
         .layer(profiler());
@@ -361,7 +361,7 @@ async fn a_profiled_request_is_exempt_with_the_profiler_outside_the_timebox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profiled_request_is_exempt_with_the_profiler_inside_the_timebox() {
     let seen = Seen::default();
-    let timebox = hard_timebox(true);
+    let timebox = hard_timebox(HARD, true);
     let app = slow_route(seen.clone())
         .route_layer(profiler())
         .layer(timebox.clone());
@@ -388,6 +388,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OrderWarnings {
         }
     }
 }
+
+/// A deadline that a profile of `/nap` meets even on a loaded machine: without the deadline
+/// extension, the profiler inside cannot lift it.
+const ROOMY: Duration = Duration::from_secs(10);
 
 /// A request that sleeps long enough to be sampled, well within the deadlines.
 fn nap_route() -> Router {
@@ -420,17 +424,19 @@ async fn a_profiler_inside_a_timebox_without_its_deadline_extension_warns_once()
     // Global, as applications install it: the profiler's call may run on any worker.
     tracing_subscriber::registry().with(warnings.clone()).init();
     // The right order, or the wrong one with the extension on, does not warn.
-    let outside = nap_route().layer(hard_timebox(false)).layer(profiler());
+    let outside = nap_route()
+        .layer(hard_timebox(ROOMY, false))
+        .layer(profiler());
     profile_nap(serve(outside).await).await;
     let inside_with_extension = nap_route()
         .route_layer(profiler())
-        .layer(hard_timebox(true));
+        .layer(hard_timebox(ROOMY, true));
     profile_nap(serve(inside_with_extension).await).await;
     assert_eq!(warnings.0.load(Ordering::SeqCst), 0);
     // Inside, without the extension to lift: one warning, however many profiles.
     let inside = nap_route()
         .route_layer(profiler())
-        .layer(hard_timebox(false));
+        .layer(hard_timebox(ROOMY, false));
     let addr = serve(inside).await;
     profile_nap(addr).await;
     profile_nap(addr).await;
