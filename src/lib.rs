@@ -33,21 +33,83 @@
 //! use tower_vigil::watchdog::WatchdogLayer;
 //! use tracing_subscriber::prelude::*;
 //!
-//! # #[tokio::main] async fn main() -> std::io::Result<()> {
-//! tracing_subscriber::registry()
-//!     .with(tower_vigil::spans::SpanLayer::new())
-//!     .with(tracing_subscriber::fmt::layer())
-//!     .init();
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     tracing_subscriber::registry()
+//!         .with(tower_vigil::spans::SpanLayer::new()) // where pending requests await
+//!         .with(tracing_subscriber::fmt::layer())
+//!         .init();
 //!
-//! let app = Router::new()
-//!     .route("/", get(|| async { "hello" }))
-//!     .layer(
-//!         WatchdogLayer::new(Duration::from_secs(5))
-//!             .sink(FileSink::new("slow-requests")?)
-//!             .sink(LogSink::default()),
-//!     );
+//!     // Settings are checked here: a bad value is an error that names it.
+//!     let watchdog = WatchdogLayer::builder(Duration::from_secs(5))
+//!         .sink(FileSink::new("slow-requests")?)
+//!         .sink(LogSink::default())
+//!         .ignore_path("/health")
+//!         .build()?;
+//!
+//!     let app = Router::new()
+//!         .route("/", get(|| async { "hello" }))
+//!         .layer(watchdog.clone());
+//!
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app)
+//!         .with_graceful_shutdown(async {
+//!             let _ = tokio::signal::ctrl_c().await;
+//!         })
+//!         .await?;
+//!     // The server has stopped: hand the last reports to the sinks before exiting.
+//!     watchdog.flush(Duration::from_secs(5));
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Without `with_graceful_shutdown`, `axum::serve(..).await` never returns and the flush
+//! never runs. [`watchdog::WatchdogLayer::on_shutdown`] wraps the signal so that requests still
+//! in flight are reported before the server drains. If a handler may block its thread, see
+//! [`timebox`]'s notes on shutdown.
+//!
+//! # Layer order
+//!
+//! [`Vigil`] puts the profiler outside the watchdog and the timebox. Relative to tower-http's
+//! layers (outermost first):
+//!
+//! | layer | place | why |
+//! |---|---|---|
+//! | `TraceLayer` | outside vigil | it logs vigil's own answers too (the timebox's 503, profile pages) with their latency |
+//! | `CorsLayer` | outside vigil | preflights are answered before vigil, and vigil's 503 and profile pages get CORS headers a browser needs to read them |
+//! | auth (`ValidateRequestHeaderLayer`, login middleware) | outside vigil | rejected requests cost nothing, and the profiler's `RequireExtension` sees what auth inserted |
+//! | `CompressionLayer` | outside vigil | either place works; outside it also compresses profile pages |
+//! | `TimeoutLayer` | none, or outside vigil and longer than the hard deadline | the timebox replaces it: 503 instead of 408, a soft deadline first, evidence before the kill, profiles exempt |
+//!
+//! The profiler is exempt from the timebox in either order: outside it, it marks the request
+//! exempt; inside it (for example as a `route_layer`), it lifts the deadlines the timebox gave
+//! the request, which needs the timebox's `deadline_extension` (on by default; without it the
+//! profiler logs one warning and profiled requests get the 503).
+//!
+//! `Router::layer` accepts vigil's response bodies as they are. Wrapping a whole `Router`
+//! for `axum::serve`, which needs `Response<Body>`, takes one more layer,
+//! `MapResponseBodyLayer::new(Body::new)` from tower-http's `map-response-body` feature:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{body::Body, extract::Request, routing::get, Router, ServiceExt};
+//! use tower::ServiceBuilder;
+//! use tower_http::map_response_body::MapResponseBodyLayer;
+//! use tower_vigil::{timebox::TimeboxLayer, watchdog::WatchdogLayer, Vigil};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let vigil = Vigil::new()
+//!     .watchdog(WatchdogLayer::new(Duration::from_secs(10)))
+//!     .timebox(TimeboxLayer::supervisor_timeout(Duration::from_secs(30))?);
+//! let router = Router::new().route("/", get(|| async { "hello" }));
+//! let app = ServiceBuilder::new()
+//!     .layer(MapResponseBodyLayer::new(Body::new)) // back to `Response<Body>`
+//!     .layer(vigil)
+//!     .service(router);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, app).await
+//! axum::serve(listener, ServiceExt::<Request>::into_make_service(app)).await?;
+//! # Ok(())
 //! # }
 //! ```
 //!

@@ -672,6 +672,19 @@ impl RequestHandle {
             self.slot.finished_status.store(status, Ordering::Relaxed);
         }
     }
+
+    /// Removes the request's soft and hard deadlines if they have not fired yet; the monitor
+    /// then never fires them. Call it while the request's registration is held (within the
+    /// call that registered it), so the slot cannot pass to another request meanwhile.
+    pub(crate) fn lift_deadlines(&self) -> bool {
+        if self.slot.current_id() != self.id {
+            return false;
+        }
+        self.slot.soft_due_ns.store(NEVER, Ordering::Relaxed);
+        self.slot.hard_due_ns.store(NEVER, Ordering::Relaxed);
+        self.slot.reschedule();
+        true
+    }
 }
 
 impl Drop for Registration {

@@ -19,16 +19,44 @@
 //!     .with(tracing_subscriber::fmt::layer())
 //!     .init();
 //! ```
+//!
+//! # Filter the output, not the subscriber
+//!
+//! A filter on the whole subscriber (`RUST_LOG=warn` read by a global `EnvFilter`,
+//! `fmt().with_env_filter(..)`, or a `LevelFilter` layer) decides whether a span exists at
+//! all: spans it turns away are never created, for any layer, so `SpanLayer` cannot see where
+//! a request awaits. Put the filter on the layer that prints instead, so `SpanLayer` sees
+//! every span while the log stays as quiet as configured. [`hidden_by_filter`] says when a
+//! filter hides spans.
+//!
+//! ```
+//! use tracing_subscriber::{prelude::*, EnvFilter};
+//!
+//! tracing_subscriber::registry()
+//!     .with(tower_vigil::spans::SpanLayer::new())
+//!     .with(
+//!         tracing_subscriber::fmt::layer()
+//!             .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())),
+//!     )
+//!     .init();
+//! // Spans of every level are created; only warnings and errors are printed.
+//! assert!(tower_vigil::spans::hidden_by_filter().is_none());
+//! ```
+//!
+//! Spans are then created at every level, which costs what creating a span costs; `SpanLayer`
+//! keeps only those of monitored requests.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
-use tracing::Subscriber;
+use tracing::subscriber::Interest;
+use tracing::{Metadata, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
@@ -86,6 +114,67 @@ fn store() -> &'static SpanStore {
 }
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// Span callsites this layer was asked about: a filter in front of it may still turn them away.
+static SPAN_CALLSITES: AtomicUsize = AtomicUsize::new(0);
+/// Whether any span at all reached this layer.
+static SPANS_CREATED: AtomicBool = AtomicBool::new(false);
+
+/// Why [`SpanLayer`] cannot see some spans, or `None` when no filter hides them from it (or
+/// no `SpanLayer` is installed).
+///
+/// A global filter below `TRACE` (`RUST_LOG=warn` read by a global `EnvFilter`) means spans
+/// of the more verbose levels are never created; a filter placed in front of `SpanLayer` may
+/// turn away every span. Either way a report or a profile shows no open span although the
+/// request awaits inside one. See the [module docs](self) for the fix.
+///
+/// ```
+/// // No subscriber here: nothing to explain.
+/// assert_eq!(tower_vigil::spans::hidden_by_filter(), None);
+/// ```
+pub fn hidden_by_filter() -> Option<String> {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        return None;
+    }
+    explain(
+        LevelFilter::current(),
+        SPAN_CALLSITES.load(Ordering::Relaxed),
+        SPANS_CREATED.load(Ordering::Relaxed),
+    )
+}
+
+const FIX: &str = "filter the output layer instead, e.g. \
+    `fmt::layer().with_filter(EnvFilter::from_default_env())`, so SpanLayer sees every span";
+
+fn explain(max: LevelFilter, span_callsites: usize, spans_created: bool) -> Option<String> {
+    let hidden: Vec<String> = [
+        LevelFilter::ERROR,
+        LevelFilter::WARN,
+        LevelFilter::INFO,
+        LevelFilter::DEBUG,
+        LevelFilter::TRACE,
+    ]
+    .into_iter()
+    .filter(|level| *level > max)
+    .map(|level| level.to_string().to_uppercase())
+    .collect();
+    if let Some((last, first)) = hidden.split_last() {
+        let levels = match first {
+            [] => last.clone(),
+            _ => format!("{} and {last}", first.join(", ")),
+        };
+        return Some(format!(
+            "spans at {levels} are never created: the global tracing filter's max level is \
+             {} (RUST_LOG or a global EnvFilter), so SpanLayer cannot see them; {FIX}",
+            max.to_string().to_uppercase()
+        ));
+    }
+    (span_callsites > 0 && !spans_created).then(|| {
+        format!(
+            "no span has been created: a filter in front of SpanLayer turned away all \
+             {span_callsites} span callsites it saw; {FIX}"
+        )
+    })
+}
 
 impl SpanStore {
     fn shard(&self, request: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Arc<SpanRecord>>>> {
@@ -185,7 +274,18 @@ where
         INSTALLED.store(true, Ordering::Relaxed);
     }
 
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if metadata.is_span() {
+            SPAN_CALLSITES.fetch_add(1, Ordering::Relaxed);
+        }
+        Interest::always()
+    }
+
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        // Read first: a shared cache line stays shared on the hot path.
+        if !SPANS_CREATED.load(Ordering::Relaxed) {
+            SPANS_CREATED.store(true, Ordering::Relaxed);
+        }
         let Some(span) = ctx.span(id) else {
             return;
         };
@@ -263,5 +363,32 @@ where
                 shard.remove(&attribution.request);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_global_filter_below_trace_is_explained_with_the_levels_it_hides() {
+        assert_eq!(explain(LevelFilter::TRACE, 3, true), None);
+        let warn = explain(LevelFilter::WARN, 0, false).unwrap();
+        assert!(warn.starts_with("spans at INFO, DEBUG and TRACE are never created"));
+        assert!(warn.contains("max level is WARN"), "{warn}");
+        assert!(warn.contains("fmt::layer().with_filter("), "{warn}");
+        let info = explain(LevelFilter::INFO, 2, true).unwrap();
+        assert!(info.starts_with("spans at DEBUG and TRACE are never created"));
+        let debug = explain(LevelFilter::DEBUG, 2, true).unwrap();
+        assert!(debug.starts_with("spans at TRACE are never created"));
+        let off = explain(LevelFilter::OFF, 0, false).unwrap();
+        assert!(off.starts_with("spans at ERROR, WARN, INFO, DEBUG and TRACE"));
+    }
+
+    #[test]
+    fn span_callsites_that_never_made_a_span_are_explained() {
+        assert_eq!(explain(LevelFilter::TRACE, 0, false), None);
+        let all_turned_away = explain(LevelFilter::TRACE, 4, false).unwrap();
+        assert!(all_turned_away.contains("turned away all 4 span callsites"));
     }
 }

@@ -206,6 +206,10 @@ pub struct TimeboxConfig {
     /// Whether a response body still streaming at the hard deadline is ended with an error.
     /// Default: false.
     pub body_deadline: bool,
+    /// Whether long-lived responses, a websocket upgrade (`101 Switching Protocols`) or an
+    /// event stream (`Content-Type: text/event-stream`), are released when their headers go
+    /// out: no body deadline, no longer in flight. Default: true.
+    pub long_lived_exempt: bool,
     /// How finely deadlines are kept. Default: `None`, which is a fiftieth of the grace between
     /// 1 ms and 50 ms (see [`TimeboxConfig::resolution_or_default`]).
     #[serde(with = "humantime_serde")]
@@ -227,6 +231,7 @@ impl Default for TimeboxConfig {
             deadline_extension: true,
             wait_timeout: None,
             body_deadline: false,
+            long_lived_exempt: true,
             resolution: None,
         }
     }

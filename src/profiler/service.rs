@@ -1,3 +1,4 @@
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -17,6 +18,7 @@ use super::page::{self, Links};
 use super::runner::{self, Abandoned, ProfileError, Settings};
 use super::trigger::{self, Format, Hit, Wish};
 use crate::exempt::ExemptFromDeadlines;
+use crate::timebox::{request_deadline_in_force, Deadline};
 
 /// Middleware that answers an authorized, triggered request with a profile of it.
 ///
@@ -131,6 +133,7 @@ impl<S> Profiler<S> {
             parts.headers.remove(header);
         }
         parts.extensions.insert(ExemptFromDeadlines);
+        lift_enclosing_deadlines(&mut parts);
         parts.extensions.insert(Profiled { mode });
         let request_line = format!("{} {}", parts.method, parts.uri);
         let rerun = Links::Rerun {
@@ -212,6 +215,26 @@ impl<S> Profiler<S> {
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("cannot start the profiler's thread: {error}"),
             )),
+        }
+    }
+}
+
+/// Exempts a profiled request from a timebox outside the profiler: a timebox inside sees
+/// [`ExemptFromDeadlines`], one outside has already registered the request and would answer
+/// 503 at its hard deadline while the profile is still being taken.
+fn lift_enclosing_deadlines(parts: &mut Parts) {
+    if let Some(deadline) = parts.extensions.get_mut::<Deadline>() {
+        deadline.lift();
+    } else if request_deadline_in_force() {
+        // The timebox outside gave the request no `Deadline` to lift.
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                target: "tower_vigil::profiler",
+                "the profiler is inside a timebox whose deadline extension is off, so profiled \
+                 requests get the timebox's 503 at its hard deadline: put the ProfilerLayer \
+                 outside the TimeboxLayer (Vigil does), or keep `deadline_extension(true)`"
+            );
         }
     }
 }

@@ -98,6 +98,15 @@ fn active() -> Option<ActiveDeadline> {
     ACTIVE.with(Cell::get)
 }
 
+/// Whether a timebox layer is calling its inner service for a request right now, on this
+/// thread: for layers inside it that need to know they are.
+pub(crate) fn request_deadline_in_force() -> bool {
+    active().is_some_and(|active| active.kind == DeadlineKind::Request)
+}
+
+/// Far enough away to never pass, near enough for `Instant` arithmetic.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// The request's deadline, as a request extension.
 ///
 /// [`super::TimeboxLayer`] inserts one into every request it timeboxes. At the soft deadline
@@ -157,6 +166,29 @@ impl Deadline {
                 hard_at,
             },
         }
+    }
+
+    /// Lifts a request's deadlines for a layer that runs the request under its own rules
+    /// (the profiler): they never fire, and this deadline is no longer cancelled at its soft
+    /// deadline. False when this is not a request's deadline or the request is over.
+    pub(crate) fn lift(&mut self) -> bool {
+        let DeadlineInner::Request {
+            handle,
+            soft_at,
+            hard_at,
+        } = &mut self.inner
+        else {
+            return false;
+        };
+        if !handle.lift_deadlines() {
+            return false;
+        }
+        // A soft deadline that already fired stays fired: the handler may have seen it.
+        if handle.flags() & SOFT_FIRED == 0 {
+            let never = Instant::now() + NEVER;
+            (*soft_at, *hard_at) = (never, never);
+        }
+        true
     }
 
     /// A deadline at a fixed instant, for code that runs outside a timeboxed request.
@@ -434,8 +466,7 @@ where
     F: FnOnce(Deadline) -> R + Send + 'static,
     R: Send + 'static,
 {
-    let deadline = Deadline::current()
-        .unwrap_or_else(|| Deadline::after(Duration::from_secs(100 * 365 * 24 * 3600)));
+    let deadline = Deadline::current().unwrap_or_else(|| Deadline::after(NEVER));
     let kind = deadline.kind();
     let until = tokio::time::Instant::from_std(deadline.instant());
     // The blocking thread works for the calling request: its stack goes into the request's

@@ -338,6 +338,17 @@ impl TimeboxBuilder {
         self
     }
 
+    /// Whether long-lived responses are let go once their headers are out: a websocket upgrade
+    /// (`101 Switching Protocols`) or an event stream (`Content-Type: text/event-stream`)
+    /// gets no body deadline and no longer counts as in flight, so an hour-long stream is
+    /// neither cut off nor slow. Default: true. Off, such a response is timeboxed like any
+    /// other: with [`TimeboxBuilder::body_deadline`] an event stream ends at the hard deadline
+    /// (an upgraded connection is never cut: its body has ended when the upgrade happens).
+    pub fn long_lived_exempt(mut self, exempt: bool) -> Self {
+        self.config.long_lived_exempt = exempt;
+        self
+    }
+
     /// Calls `hook` (on the monitor thread; it must not block) with the count when `count`
     /// (at least 1) requests were wedged within `within`, for example to begin a graceful
     /// shutdown so that the supervisor restarts the worker cleanly (rack-timeout's
@@ -418,6 +429,7 @@ impl TimeboxBuilder {
             deadline_extension: config.deadline_extension,
             wait_timeout: config.wait_timeout,
             body_deadline: config.body_deadline,
+            long_lived_exempt: config.long_lived_exempt,
             escalation: self.escalation,
             wedged_at: Mutex::default(),
             counters: TimeboxCounters::default(),

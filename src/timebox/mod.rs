@@ -32,6 +32,31 @@
 //! the request is wedged, at the hard one, so the report is written 3 s or more before the
 //! kill.
 //!
+//! # Shutdown and wedged work
+//!
+//! A handler that blocks its worker thread (a blocking call, a busy loop) cannot be stopped
+//! from outside: the timebox answers its client and aborts its task, but the thread stays
+//! inside that one poll until it returns. Tokio's runtime waits for it when it shuts down:
+//! dropping the runtime (as `#[tokio::main]` does when `main` returns) blocks until every
+//! worker has left its poll and every `spawn_blocking` closure has returned, so the process
+//! does not exit, and the supervisor's kill ends it instead.
+//!
+//! [`TimeboxBuilder::escalate_after`] can *notice* this and start an orderly exit: its hook
+//! runs on the monitor thread, which a wedged runtime cannot hold back, so it can trigger
+//! axum's `with_graceful_shutdown` (no new connections, in-flight requests finish, reports
+//! are flushed) and the supervisor starts a fresh worker. It *cannot* unblock or kill the
+//! wedged thread, and so it cannot make the runtime's shutdown return. To exit anyway once
+//! the server has stopped and the reports are flushed, end the process without waiting for
+//! the runtime: `std::process::exit`, or, with a runtime you build yourself,
+//! `Runtime::shutdown_timeout`, which leaks threads that do not stop in time.
+//!
+//! # Long-lived responses
+//!
+//! A websocket upgrade (`101 Switching Protocols`) or a server-sent event stream
+//! (`Content-Type: text/event-stream`) is meant to stay open: once its headers are out, the
+//! timebox lets it go, with no body deadline, and it no longer counts as in flight (nor, in a
+//! [`crate::Vigil`] stack, as slow). [`TimeboxBuilder::long_lived_exempt`] turns this off.
+//!
 //! # Example
 //!
 //! ```
@@ -92,10 +117,10 @@ mod service;
 pub(crate) mod shed;
 
 pub use self::body::{BodyDeadlineElapsed, TimeboxBody};
+pub(crate) use self::deadline::{request_deadline_in_force, ActiveDeadline, DeadlineScope};
 pub use self::deadline::{
     spawn_blocking, timebox, Deadline, DeadlineKind, Elapsed, Quota, Timeboxed,
 };
-pub(crate) use self::deadline::{ActiveDeadline, DeadlineScope};
 pub use self::future::ResponseFuture;
 pub use self::layer::{InlineTimeboxLayer, TimeboxBuilder, TimeboxLayer, TimeboxStats};
 pub use self::service::{InlineTimebox, Timebox};

@@ -36,6 +36,8 @@ pub(crate) struct DeadlinePart {
     pub(crate) deadline_extension: bool,
     pub(crate) wait_timeout: Option<Duration>,
     pub(crate) body_deadline: bool,
+    /// Websocket upgrades and event streams are released when their headers go out.
+    pub(crate) long_lived_exempt: bool,
     pub(crate) escalation: Option<Escalation>,
     pub(crate) wedged_at: Mutex<VecDeque<u64>>,
     pub(crate) counters: TimeboxCounters,

@@ -190,9 +190,16 @@ fn finish<B, E>(
     let response = output?;
     registration.set_status(response.status().as_u16());
     let (parts, body) = response.into_parts();
-    let guard = deadlines
-        .body_deadline
-        .then(|| (registration, deadlines.clone()));
+    // A websocket or an event stream may stay open for hours by design: neither slow nor late.
+    let long_lived = deadlines.long_lived_exempt
+        && (parts.status == http::StatusCode::SWITCHING_PROTOCOLS
+            || parts
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split(';').next())
+                .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream")));
+    let guard = (deadlines.body_deadline && !long_lived).then(|| (registration, deadlines.clone()));
     Ok(Response::from_parts(parts, TimeboxBody::inner(body, guard)))
 }
 
