@@ -191,6 +191,7 @@ pub(crate) fn snapshot(request: u64) -> SpanTree {
         return SpanTree {
             installed: false,
             spans: Vec::new(),
+            filtered: None,
         };
     }
     let records: Vec<Arc<SpanRecord>> = store()
@@ -236,6 +237,11 @@ pub(crate) fn snapshot(request: u64) -> SpanTree {
     }
     SpanTree {
         installed: true,
+        filtered: if spans.is_empty() {
+            hidden_by_filter()
+        } else {
+            None
+        },
         spans,
     }
 }
@@ -337,6 +343,9 @@ where
         if let Some(span) = ctx.span(id) {
             if let Some(attribution) = span.extensions().get::<Attribution>() {
                 attribution.record.entered.fetch_add(1, Ordering::Relaxed);
+                // A thread other than the polling one that enters the request's span works
+                // for it (spawn_blocking, spawned tasks, rayon): its stack joins the report.
+                crate::helpers::enter(attribution.request);
             }
         }
     }
@@ -345,6 +354,7 @@ where
         if let Some(span) = ctx.span(id) {
             if let Some(attribution) = span.extensions().get::<Attribution>() {
                 attribution.record.entered.fetch_sub(1, Ordering::Relaxed);
+                crate::helpers::leave(attribution.request);
             }
         }
     }

@@ -383,3 +383,40 @@ async fn the_spawn_blocking_helper_adds_the_blocking_threads_stack() {
         .to_text()
         .contains("Working for this request on thread"));
 }
+
+#[inline(never)]
+fn vigil_job_in_the_requests_span() -> u64 {
+    std::thread::sleep(Duration::from_millis(700));
+    5
+}
+
+#[inline(never)]
+async fn vigil_offload_in_span() -> String {
+    let span = tracing::info_span!("offload");
+    let _entered = span.clone().entered();
+    drop(_entered);
+    let n = tokio::task::spawn_blocking(move || span.in_scope(vigil_job_in_the_requests_span))
+        .await
+        .unwrap();
+    n.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_that_enters_the_requests_span_joins_the_report() {
+    init_tracing();
+    let collect = Collect::default();
+    let app = Router::new()
+        .route("/in-span", get(vigil_offload_in_span))
+        .layer(watchdog(&collect));
+    let addr = serve(app).await;
+    assert_eq!(http_get(addr, "/in-span", &[]).await.0, 200);
+    let report = slow_report_of(&collect, "/in-span");
+    let helper = report.helper_threads.iter().find(|helper| {
+        helper.stack.iter().any(|f| {
+            f.function
+                .as_deref()
+                .is_some_and(|n| n.contains("vigil_job_in_the_requests_span"))
+        })
+    });
+    assert!(helper.is_some(), "{:?}", report.helper_threads);
+}

@@ -104,6 +104,8 @@ pub struct SpanTree {
     pub installed: bool,
     /// Open spans, parents before children.
     pub spans: Vec<OpenSpan>,
+    /// Why spans may be missing: a global tracing filter keeps them from being created.
+    pub filtered: Option<String>,
 }
 
 impl SpanTree {
@@ -112,6 +114,7 @@ impl SpanTree {
         Self {
             installed: false,
             spans: Vec::new(),
+            filtered: None,
         }
     }
 }

@@ -232,6 +232,9 @@ impl SlowRequestReport {
         let chains = self.spans.chains();
         if chains.is_empty() {
             let _ = writeln!(out, "Open spans: none under this request.");
+            if let Some(why) = &self.spans.filtered {
+                let _ = writeln!(out, "  Note: {why}");
+            }
             return;
         }
         let _ = writeln!(
@@ -395,6 +398,7 @@ mod tests {
             parent,
         };
         let tree = SpanTree {
+            filtered: None,
             installed: true,
             spans: vec![
                 span("handler", "", None, 5.0),
