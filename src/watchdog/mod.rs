@@ -42,6 +42,7 @@
 //! use std::convert::Infallible;
 //! use std::time::Duration;
 //! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //! use tower_vigil::watchdog::WatchdogLayer;
 //!
@@ -49,11 +50,13 @@
 //! # async fn main() {
 //! let service = ServiceBuilder::new()
 //!     .layer(WatchdogLayer::new(Duration::from_secs(25)))
-//!     .service(service_fn(|_: Request<String>| async {
-//!         Ok::<_, Infallible>(Response::new(String::from("ok")))
+//!     .service(service_fn(|_: Request<()>| async {
+//!         Ok::<_, Infallible>(Response::new(Full::new(bytes::Bytes::from("ok"))))
 //!     }));
-//! let response = service.oneshot(Request::new(String::new())).await.unwrap();
-//! assert_eq!(response.body(), "ok");
+//! let response = service.oneshot(Request::new(())).await.unwrap();
+//! // The request stays in flight until its body is read to the end.
+//! let body = response.into_body().collect().await.unwrap().to_bytes();
+//! assert_eq!(body, "ok");
 //! # }
 //! ```
 
