@@ -7,12 +7,14 @@
 //!   allocator, at 10k and 100k, broken down by allocation size; then what the timebox's
 //!   isolation task and an open span (the span store) add;
 //! - **per-request cost**: one fast request through the watchdog with 0, 10k and 100k others
-//!   in flight (medians of many loops, conditions visited twice in the order 0, 10k, 100k,
-//!   10k, 0);
-//! - **monitor CPU**: the `vigil-monitor` thread's CPU time over a window, with the registry
-//!   idle, and with a churning load that wakes the monitor at every tick.
+//!   in flight (the three conditions interleaved, medians of many loops);
+//! - **monitor CPU**: the `vigil-monitor` thread's CPU time over a window, with no traffic and
+//!   with a churning load (1000 requests with a 1 s threshold, each finishing before it, so
+//!   the monitor keeps waking to find the next one due), before the registry has grown, with
+//!   100k in flight, and with 0 in flight once the registry has grown to 100k slots.
 //!
-//! Environment: `SCALE_N` (default 100000), `SCALE_WINDOW_SECS` (default 5).
+//! Environment: `SCALE_N` (default 100000), `SCALE_WINDOW_SECS` (default 5),
+//! `SCALE_ALTERNATIONS` (default 12).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -445,6 +447,17 @@ fn main() {
     fast_request_ns(&rt, &mut fast, 1);
     let mut held = Vec::with_capacity(n);
 
+    // --- Monitor CPU before the registry grows.
+    print_monitor("registry not grown yet, no other traffic", window);
+    {
+        let _churn = Churn::start(1000);
+        std::thread::sleep(Duration::from_millis(1200));
+        print_monitor(
+            "registry not grown yet + 1000 churning (1 s threshold, each living 100..900 ms)",
+            window,
+        );
+    }
+
     // --- Memory: a fresh registry grows by one slot per request.
     let before = Heap::now();
     register(&mut held_inline, 0..tenth, &mut held);
@@ -467,55 +480,69 @@ fn main() {
         watchdog.stats().in_flight
     );
 
-    // --- Per-request cost and monitor CPU, conditions visited 100k, 10k, 0, 10k, 100k.
+    // --- Monitor CPU with the registry at its high-water mark.
     println!();
-    let rounds = 15;
-    let mut timing: Vec<(usize, f64)> = Vec::new();
-    timing.push((n, fast_request_ns(&rt, &mut fast, rounds)));
     print_monitor(&format!("{n} in flight, no other traffic"), window);
     {
         let churn = Churn::start(1000);
         std::thread::sleep(Duration::from_millis(1200));
         let done = churn.done.load(Ordering::Relaxed);
-        print_monitor(
-            &format!("{n} in flight + 1000 churning (monitor wakes every 50 ms tick)"),
-            window,
-        );
+        print_monitor(&format!("{n} in flight + 1000 churning"), window);
         let done = churn.done.load(Ordering::Relaxed) - done;
         println!("    churning requests completed in the window: {done}");
     }
-    held.truncate(tenth);
-    timing.push((tenth, fast_request_ns(&rt, &mut fast, rounds)));
     held.clear();
-    timing.push((0, fast_request_ns(&rt, &mut fast, rounds)));
-    print_monitor("0 in flight, no other traffic", window);
+    print_monitor(
+        &format!("0 in flight, registry grown to {n} slots, no other traffic"),
+        window,
+    );
     {
         let _churn = Churn::start(1000);
         std::thread::sleep(Duration::from_millis(1200));
-        print_monitor("0 in flight + 1000 churning", window);
+        print_monitor(
+            &format!("0 in flight, registry grown to {n} slots, + 1000 churning"),
+            window,
+        );
     }
-    register(&mut held_inline, 0..tenth, &mut held);
-    timing.push((tenth, fast_request_ns(&rt, &mut fast, rounds)));
-    register(&mut held_inline, tenth..n, &mut held);
-    timing.push((n, fast_request_ns(&rt, &mut fast, rounds)));
+
+    // --- Per-request cost: the three conditions interleaved, so that a change in the machine's
+    // load hits them alike; each sample is the median of 3 loops of 20k requests.
+    println!();
+    let counts = [0, tenth, n];
+    let mut samples: [Vec<f64>; 3] = Default::default();
+    let alternations = env_or("SCALE_ALTERNATIONS", 12) as usize;
+    for round in 0..alternations {
+        let mut order = [0, 1, 2];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for index in order {
+            let count = counts[index];
+            if held.len() > count {
+                held.truncate(count);
+            } else {
+                let from = held.len();
+                register(&mut held_inline, from..count, &mut held);
+            }
+            samples[index].push(fast_request_ns(&rt, &mut fast, 3));
+        }
+    }
     held.clear();
     drain(&rt, &watchdog);
-    println!();
-    let median_of = |count: usize| {
-        let mut v: Vec<f64> = timing
-            .iter()
-            .filter(|(c, _)| *c == count)
-            .map(|(_, t)| *t)
-            .collect();
+    let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        (v.iter().sum::<f64>() / v.len() as f64, v)
+        v[v.len() / 2]
     };
-    let (base, _) = median_of(0);
-    for count in [0, tenth, n] {
-        let (mean, samples) = median_of(count);
+    let base = median(&mut samples[0].clone());
+    for (index, count) in counts.into_iter().enumerate() {
+        let v = &mut samples[index];
+        let m = median(v);
         println!(
-            "fast request through the watchdog, {count:>6} others in flight: {mean:>6.0} ns ({:+.1} % vs 0; medians of {rounds} x 20k: {samples:.0?})",
-            (mean / base - 1.0) * 100.0
+            "fast request through the watchdog, {count:>6} others in flight: median {m:>5.0} ns ({:+.1} % vs 0); quartiles {:.0}..{:.0} ns over {} interleaved samples",
+            (m / base - 1.0) * 100.0,
+            v[v.len() / 4],
+            v[v.len() * 3 / 4],
+            v.len()
         );
     }
 
