@@ -151,6 +151,18 @@ fn reports_in(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Prints a one-line hint when this binary has no line tables (a release build with the default
+/// `debug = 0`): its own address then resolves to a name but no file:line, and so would reports.
+fn hint_if_no_line_tables() {
+    let mut has_lines = false;
+    // `resolve` looks one byte back (it expects return addresses): ask about the second byte.
+    let here = (hint_if_no_line_tables as *const () as usize + 1) as *mut std::ffi::c_void;
+    backtrace::resolve(here, |symbol| has_lines |= symbol.lineno().is_some());
+    if !has_lines {
+        println!("hint: no debug info, so reports will show no file:line (release builds inline async fns away); add `[profile.release] debug = \"line-tables-only\"` to Cargo.toml");
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let serve = std::env::args().any(|a| a == "--serve");
@@ -162,6 +174,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
         )
         .init();
+    hint_if_no_line_tables();
 
     let out = PathBuf::from("vigil-demo-output");
     let reports_dir = out.join("slow-requests");

@@ -19,7 +19,10 @@ fn slow_stream(chunks: u32, every: Duration) -> Body {
             return None;
         }
         tokio::time::sleep(every).await;
-        Some((Ok::<_, Infallible>(bytes::Bytes::from(vec![b'x'; 1000])), sent + 1))
+        Some((
+            Ok::<_, Infallible>(bytes::Bytes::from(vec![b'x'; 1000])),
+            sent + 1,
+        ))
     });
     Body::from_stream(stream)
 }
@@ -57,16 +60,27 @@ async fn a_slowly_streaming_body_is_reported_while_it_streams() {
     else {
         panic!("{:?}", slow.phase);
     };
-    assert!((1000..8000).contains(&bytes), "{bytes} bytes at the threshold");
+    assert!(
+        (1000..8000).contains(&bytes),
+        "{bytes} bytes at the threshold"
+    );
     assert_eq!(bytes, frames * 1000);
     assert!(since_last_frame < Duration::from_millis(600));
     assert!(response_after < Duration::from_millis(500));
-    assert!(slow.to_text().contains("streaming body"), "{}", slow.to_text());
+    assert!(
+        slow.to_text().contains("streaming body"),
+        "{}",
+        slow.to_text()
+    );
     let done = collect
         .wait_for(Duration::from_secs(5), |r| r.kind == ReportKind::Completed)
         .expect("a completion record");
     // The completion record gives the time to the last byte.
-    assert!(done.elapsed >= Duration::from_millis(3900), "{:?}", done.elapsed);
+    assert!(
+        done.elapsed >= Duration::from_millis(3900),
+        "{:?}",
+        done.elapsed
+    );
     assert!(done.elapsed <= took + Duration::from_millis(100));
     assert!(matches!(
         done.phase,
