@@ -771,8 +771,13 @@ impl Drop for Registration {
 pub(crate) struct Wake {
     /// When the monitor will wake on its own (registry ns), or [`AWAKE`] while it scans.
     sleeping_until: AtomicU64,
-    /// Set by a request that registered while the monitor was scanning and might be missed.
+    /// Set when the monitor must scan again at once (a stuck request finished).
     rescan: std::sync::atomic::AtomicBool,
+    /// Earliest due time of the requests that registered while the monitor was scanning (and
+    /// that the scan may have missed), or [`NEVER`]. The monitor scans again only if one of
+    /// them falls due before it would wake anyway, so a long scan of a large registry under a
+    /// steady stream of registrations does not turn into back-to-back scans.
+    noted_while_awake: AtomicU64,
     thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
@@ -783,6 +788,7 @@ impl Wake {
         Self {
             sleeping_until: AtomicU64::new(AWAKE),
             rescan: std::sync::atomic::AtomicBool::new(false),
+            noted_while_awake: AtomicU64::new(NEVER),
             thread: std::sync::OnceLock::new(),
         }
     }
@@ -794,7 +800,13 @@ impl Wake {
     fn note_due(&self, due_ns: u64) {
         let until = self.sleeping_until.load(Ordering::SeqCst);
         if until == AWAKE {
-            self.rescan.store(true, Ordering::SeqCst);
+            self.noted_while_awake.fetch_min(due_ns, Ordering::SeqCst);
+            // The monitor may have gone to sleep between the load above and the note, without
+            // seeing it: look again.
+            let until = self.sleeping_until.load(Ordering::SeqCst);
+            if until != AWAKE && due_ns < until {
+                self.wake_now();
+            }
         } else if due_ns < until {
             self.wake_now();
         }
@@ -810,7 +822,9 @@ impl Wake {
     /// Called by the monitor before it parks; false if it must scan again first.
     pub(crate) fn going_to_sleep(&self, until_ns: u64) -> bool {
         self.sleeping_until.store(until_ns.max(1), Ordering::SeqCst);
-        !self.rescan.swap(false, Ordering::SeqCst)
+        let noted = self.noted_while_awake.swap(NEVER, Ordering::SeqCst);
+        let rescan = self.rescan.swap(false, Ordering::SeqCst);
+        !rescan && noted >= until_ns
     }
 
     pub(crate) fn woke_up(&self) {
