@@ -138,6 +138,9 @@ pub struct EmailSinkConfig {
     pub subject: String,
     /// Whether to mail again when a mailed request completes. Default: false.
     pub follow_up: bool,
+    /// Whether every capture of a slow request is mailed, rather than the first one and those
+    /// with news (wedged at the hard deadline, still running at shutdown). Default: false.
+    pub every_capture: bool,
     /// At most this many mails per route key (method and path) per `throttle_window`.
     /// Default: 10.
     pub throttle_per_route: u32,
@@ -178,6 +181,7 @@ impl Default for EmailSinkConfig {
             to: Vec::new(),
             subject: DEFAULT_SUBJECT.to_owned(),
             follow_up: false,
+            every_capture: false,
             throttle_per_route: DEFAULT_THROTTLE_PER_ROUTE,
             throttle_window: DEFAULT_THROTTLE_WINDOW,
             throttle_total: DEFAULT_THROTTLE_TOTAL,
@@ -333,6 +337,7 @@ impl fmt::Debug for EmailSinkConfig {
             .field("to", &self.to)
             .field("subject", &self.subject)
             .field("follow_up", &self.follow_up)
+            .field("every_capture", &self.every_capture)
             .field("throttle_per_route", &self.throttle_per_route)
             .field("throttle_window", &self.throttle_window)
             .field("throttle_total", &self.throttle_total)

@@ -77,6 +77,15 @@ use crate::report::SlowRequestReport;
 /// [`FileSink`](super::FileSink)'s files. Reports are redacted before any sink sees them; the
 /// subject is cleaned of control characters, so nothing in a request can add a header.
 ///
+/// # One mail per slow request
+///
+/// A request is mailed when it is first caught. Its later captures (the watchdog's
+/// recaptures, the timebox's soft deadline) are not mailed unless they bring news: the request
+/// was wedged at its hard deadline, or was still running at shutdown; those mails are threaded
+/// under the first one. The completion record is mailed only with
+/// [`follow_up`](EmailSink::follow_up), and [`mail_every_capture`](EmailSink::mail_every_capture)
+/// mails every capture. The log and file sinks get every capture either way.
+///
 /// # Delivery
 ///
 /// [`Sink::deliver`] only throttles and queues the report; a thread of the sink's own
@@ -115,6 +124,7 @@ pub struct EmailSink {
     to: Vec<Mailbox>,
     subject: SubjectTemplate,
     follow_up: bool,
+    every_capture: bool,
     throttle: ThrottleConfig,
     retries: u32,
     backoff: Duration,
@@ -144,6 +154,9 @@ pub struct EmailStats {
     pub failed_to_fallback: u64,
     /// Reports the throttle held back and counted in a digest.
     pub suppressed: u64,
+    /// Later captures of a request that were not mailed because they add nothing to its
+    /// first mail (see [`EmailSink::mail_every_capture`]). Other sinks still got them.
+    pub repeats_not_mailed: u64,
     /// Reports that found the queue full (also counted in `failed_to_fallback`).
     pub queue_full: u64,
     /// Deliveries to a fallback sink that failed or panicked.
@@ -283,6 +296,7 @@ impl EmailSink {
             .subject(&config.subject)
             .map_err(fail("subject"))?
             .follow_up(config.follow_up)
+            .mail_every_capture(config.every_capture)
             .throttle(config.throttle_per_route, config.throttle_window)
             .throttle_total(config.throttle_total)
             .retries(config.retries)
@@ -297,6 +311,7 @@ impl EmailSink {
             to: Vec::new(),
             subject: SubjectTemplate::parse(Self::DEFAULT_SUBJECT).expect("a valid template"),
             follow_up: false,
+            every_capture: false,
             throttle: ThrottleConfig {
                 per_route: Self::DEFAULT_THROTTLE_PER_ROUTE,
                 total: Self::DEFAULT_THROTTLE_TOTAL,
@@ -350,6 +365,16 @@ impl EmailSink {
     /// Default: false.
     pub fn follow_up(mut self, enabled: bool) -> Self {
         self.follow_up = enabled;
+        self
+    }
+
+    /// Whether every capture of a slow request is mailed. Default: false, which mails a
+    /// request once, when it is first caught, and again only with news: it was wedged at the
+    /// timebox's hard deadline, or still running at shutdown. The later captures not mailed
+    /// are counted in [`EmailStats::repeats_not_mailed`]; the log and file sinks get every
+    /// capture either way.
+    pub fn mail_every_capture(mut self, enabled: bool) -> Self {
+        self.every_capture = enabled;
         self
     }
 
@@ -465,6 +490,7 @@ impl IntoSink for EmailSink {
             to: self.to.clone(),
             subject: self.subject.clone(),
             follow_up: self.follow_up,
+            every_capture: self.every_capture,
             throttle: self.throttle,
             retries: self.retries,
             backoff: self.backoff,
@@ -518,6 +544,7 @@ impl fmt::Debug for EmailSink {
             .field("from", &self.from.as_ref().map(ToString::to_string))
             .field("to", &to)
             .field("follow_up", &self.follow_up)
+            .field("every_capture", &self.every_capture)
             .field("throttle", &self.throttle)
             .field("retries", &self.retries)
             .field("retry_backoff", &self.backoff)
