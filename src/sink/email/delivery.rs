@@ -511,3 +511,29 @@ fn log_first_failure(error: &SendError) {
         "mail delivery failed: {diagnosis}"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::message::tests::report;
+    use super::*;
+
+    #[test]
+    fn only_first_captures_and_news_are_mailed() {
+        let mut r = report("/slow");
+        assert!(is_news(&r), "the first capture");
+        r.capture = 2;
+        assert!(!is_news(&r), "a threshold recapture");
+        r.trigger = ReportTrigger::SoftDeadline;
+        assert!(
+            !is_news(&r),
+            "the soft deadline of a request already mailed"
+        );
+        r.trigger = ReportTrigger::HardDeadline;
+        assert!(is_news(&r), "wedged at the hard deadline");
+        r.trigger = ReportTrigger::Shutdown;
+        assert!(is_news(&r), "still running at shutdown");
+        r.trigger = ReportTrigger::Threshold;
+        r.kind = ReportKind::Completed;
+        assert!(is_news(&r), "completion records are follow_up's decision");
+    }
+}
