@@ -1244,7 +1244,7 @@ fn requests_stuck_in_one_function_on_many_ids_make_one_mail_and_a_digest_by_sign
         .build()
         .unwrap();
     let app = Router::new()
-        .route("/users/{id}", get(|| vigil_load_user()))
+        .route("/users/{id}", get(vigil_load_user))
         .layer(watchdog.clone());
     let app = App::start(app, 2);
     let addr = app.addr;
