@@ -20,7 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::error::ConfigError;
 use crate::registry::{Dues, Registry, Seen, Slot, HARD_FIRED, NEVER, SOFT_FIRED, WEDGED};
 use crate::report::{
-    Completion, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
+    Completion, ReportKind, ReportTrigger, RequestPhase, SlowRequestReport, SpanTree, StackStatus,
+    ThreadInfo,
 };
 use crate::sink::reporter::{AwaitingEvidence, RawReport, StackEvidence};
 use crate::stack;
@@ -367,6 +368,15 @@ fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<Raw
         route_key: format!("{} {}", meta.method, meta.route_key),
         awaiting: None,
         helper_threads: Vec::new(),
+        phase: match slot.body_progress() {
+            None => RequestPhase::Handler,
+            Some((body_started, bytes, frames, last)) => RequestPhase::StreamingBody {
+                response_after: Duration::from_nanos(body_started.saturating_sub(started)),
+                bytes,
+                frames,
+                since_last_frame: Duration::from_nanos(at_ns.saturating_sub(last)),
+            },
+        },
         // Set by the reporter, from the resolved stack.
         signature: String::new(),
         signature_text: String::new(),

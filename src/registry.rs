@@ -85,6 +85,11 @@ pub(crate) struct Slot {
     word: AtomicU64,
     /// Hash of the request's route, for adaptive isolation (0 when not needed).
     route_hash: AtomicU64,
+    /// When the handler answered and the body began to stream (0 while the handler runs).
+    body_started_ns: AtomicU64,
+    body_bytes: AtomicU64,
+    body_frames: AtomicU64,
+    body_last_ns: AtomicU64,
     number: u32,
     generation: AtomicU32,
     started_ns: AtomicU64,
@@ -128,6 +133,10 @@ impl Slot {
         Self {
             word: AtomicU64::new(0),
             route_hash: AtomicU64::new(0),
+            body_started_ns: AtomicU64::new(0),
+            body_bytes: AtomicU64::new(0),
+            body_frames: AtomicU64::new(0),
+            body_last_ns: AtomicU64::new(0),
             number,
             generation: AtomicU32::new(0),
             started_ns: AtomicU64::new(0),
@@ -159,6 +168,19 @@ impl Slot {
         (occupant.id == id)
             .then(|| occupant.parts.clone())
             .flatten()
+    }
+
+    /// The body's progress, once the handler has answered: started, bytes, frames, last frame.
+    pub(crate) fn body_progress(&self) -> Option<(u64, u64, u64, u64)> {
+        let started = self.body_started_ns.load(Ordering::Acquire);
+        (started != 0).then(|| {
+            (
+                started,
+                self.body_bytes.load(Ordering::Relaxed),
+                self.body_frames.load(Ordering::Relaxed),
+                self.body_last_ns.load(Ordering::Relaxed),
+            )
+        })
     }
 
     pub(crate) fn route_hash(&self) -> u64 {
@@ -455,6 +477,7 @@ impl Registry {
         let due_ns = dues.watch.min(dues.soft).min(dues.hard);
         slot.started_ns.store(started_ns, Ordering::Relaxed);
         slot.route_hash.store(route_hash, Ordering::Relaxed);
+        slot.body_started_ns.store(0, Ordering::Relaxed);
         slot.watch_due_ns.store(dues.watch, Ordering::Relaxed);
         slot.soft_due_ns.store(dues.soft, Ordering::Relaxed);
         slot.hard_due_ns.store(dues.hard, Ordering::Relaxed);
@@ -556,20 +579,65 @@ impl Registration {
         future: std::pin::Pin<&mut F>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
+        self.poll_watched_with(cx, |cx| future.poll(cx))
+    }
+
+    /// [`Registration::poll_watched`] for any poll function, such as a body's `poll_frame`.
+    pub(crate) fn poll_watched_with<T>(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        poll: impl FnOnce(&mut std::task::Context<'_>) -> std::task::Poll<T>,
+    ) -> std::task::Poll<T> {
         if !self.watched {
-            return future.poll(cx);
+            return poll(cx);
         }
         let output = if self.slot.take_probe(self.id) {
-            let (output, findings) = crate::stack::probe::poll_probed(future, cx);
+            let (output, findings) = crate::stack::probe::poll_probed_with(cx, poll);
             self.slot.store_probe(self.id, findings);
             output
         } else {
-            future.poll(cx)
+            poll(cx)
         };
         if output.is_pending() {
             self.slot.set_task_waker(self.id, cx.waker());
         }
         output
+    }
+
+    pub(crate) fn watched(&self) -> bool {
+        self.watched
+    }
+
+    /// The handler has answered; from now on the request is its response body streaming.
+    /// Deadlines other than the body's own no longer apply.
+    pub(crate) fn start_body(&self, keep_deadlines: bool) {
+        let slot = &self.slot;
+        if !keep_deadlines {
+            slot.soft_due_ns.store(NEVER, Ordering::Relaxed);
+            slot.hard_due_ns.store(NEVER, Ordering::Relaxed);
+            slot.reschedule();
+        }
+        let now = self.registry.clock.now_ns();
+        slot.body_bytes.store(0, Ordering::Relaxed);
+        slot.body_frames.store(0, Ordering::Relaxed);
+        slot.body_last_ns.store(now, Ordering::Relaxed);
+        slot.body_started_ns.store(now, Ordering::Release);
+    }
+
+    /// One frame of the response body went out.
+    pub(crate) fn note_frame(&self, bytes: usize) {
+        // Only the task polling the body writes these, so plain stores suffice.
+        let slot = &self.slot;
+        slot.body_bytes.store(
+            slot.body_bytes.load(Ordering::Relaxed) + bytes as u64,
+            Ordering::Relaxed,
+        );
+        slot.body_frames.store(
+            slot.body_frames.load(Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        slot.body_last_ns
+            .store(self.registry.clock.now_ns(), Ordering::Relaxed);
     }
 
     /// A handle to the request that does not own its registration.

@@ -185,6 +185,8 @@ fn completion_records_carry_the_status_the_client_got() {
         // Same thread, so the second request reuses the first one's slot.
         let first = service.clone().oneshot(Request::new(())).await.unwrap();
         assert_eq!(first.status(), StatusCode::CREATED);
+        // Its body ends here, and with it the request.
+        drop(first);
         let gone = tokio::time::timeout(
             Duration::from_millis(300),
             service.clone().oneshot(Request::new(())),

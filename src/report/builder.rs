@@ -3,8 +3,8 @@
 use std::time::{Duration, SystemTime};
 
 use super::{
-    Completion, OpenSpan, ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus,
-    ThreadInfo,
+    Completion, OpenSpan, ReportKind, ReportTrigger, RequestPhase, SlowRequestReport, SpanTree,
+    StackStatus, ThreadInfo,
 };
 use crate::stack::{Frame, FrameOrigin};
 
@@ -59,6 +59,7 @@ impl SlowRequestReport {
                 completion: None,
                 awaiting: None,
                 helper_threads: Vec::new(),
+                phase: RequestPhase::Handler,
                 signature: String::new(),
                 signature_text: String::new(),
             },

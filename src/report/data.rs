@@ -188,6 +188,29 @@ pub struct AwaitedLeaf {
     pub truncated: bool,
 }
 
+/// What a request was doing when its report was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RequestPhase {
+    /// The handler has not answered yet.
+    Handler,
+    /// The handler answered; the response body is streaming (or, in a completion record,
+    /// streamed until its last byte).
+    StreamingBody {
+        /// How long after the start the handler answered.
+        #[serde(rename = "response_after_secs", serialize_with = "json::secs")]
+        response_after: Duration,
+        /// Body bytes sent so far.
+        bytes: u64,
+        /// Body frames sent so far.
+        frames: u64,
+        /// Time since the last frame, when the report was made.
+        #[serde(rename = "since_last_frame_secs", serialize_with = "json::secs")]
+        since_last_frame: Duration,
+    },
+}
+
 /// A thread working for a request outside its poll, with its native stack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -282,6 +305,8 @@ pub struct SlowRequestReport {
     /// Threads working for the request outside its poll when the report was made: its
     /// `spawn_blocking` jobs, threads with its spans entered.
     pub helper_threads: Vec<HelperThread>,
+    /// What the request was doing: its handler running, or its response body streaming.
+    pub phase: RequestPhase,
     /// A short, stable key that groups reports of the same wedge across requests, processes
     /// and hosts: a hash of [`SlowRequestReport::signature_text`].
     pub signature: String,

@@ -58,7 +58,7 @@ pub use self::capture::{
 };
 pub use self::data::{
     AwaitStatus, AwaitedLeaf, Awaiting, BusyThread, Completion, HelperThread, LeafSignal, OpenSpan,
-    ReportKind, ReportTrigger, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
+    ReportKind, ReportTrigger, RequestPhase, SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
 };
 #[cfg(feature = "email")]
 pub(crate) use self::text::format_secs;

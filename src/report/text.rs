@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use super::{
-    AwaitStatus, Awaiting, Frame, FrameOrigin, LeafSignal, ReportKind, ReportTrigger,
+    AwaitStatus, Awaiting, Frame, FrameOrigin, LeafSignal, ReportKind, ReportTrigger, RequestPhase,
     SlowRequestReport, SpanTree, StackStatus,
 };
 
@@ -134,6 +134,26 @@ impl SlowRequestReport {
         }
         let _ = writeln!(out, "Started:    {}", rfc3339(self.started_at));
         let _ = writeln!(out, "Elapsed:    {}", format_secs(self.elapsed));
+        if let RequestPhase::StreamingBody {
+            response_after,
+            bytes,
+            frames,
+            since_last_frame,
+        } = self.phase
+        {
+            let what = if self.kind == ReportKind::Completed {
+                "body streamed to its last byte"
+            } else {
+                "streaming body"
+            };
+            let _ = writeln!(
+                out,
+                "Phase:      {what}: {bytes} bytes in {frames} frames, last frame {} ago \
+                 (handler answered after {})",
+                format_secs(since_last_frame),
+                format_secs(response_after)
+            );
+        }
         if self.kind == ReportKind::Slow {
             let why = match self.trigger {
                 ReportTrigger::Threshold => "",

@@ -10,8 +10,10 @@
 //! Nothing of the probe outlives the poll: its `clone` returns a clone of the real waker, so a
 //! leaf stores the real one, and the probe waker itself only lives on this function's stack.
 
+#[cfg(test)]
 use std::future::Future;
 use std::mem::ManuallyDrop;
+#[cfg(test)]
 use std::pin::Pin;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
@@ -123,10 +125,19 @@ unsafe fn probe_drop(_: *const ()) {}
 
 /// Polls `future` once with a probe waker that wraps the waker of `cx`, and returns the poll's
 /// result with what the leaves showed. A panic in the poll propagates as from a normal poll.
+#[cfg(test)]
 pub(crate) fn poll_probed<F: Future>(
     future: Pin<&mut F>,
     cx: &mut Context<'_>,
 ) -> (Poll<F::Output>, ProbeFindings) {
+    poll_probed_with(cx, |cx| future.poll(cx))
+}
+
+/// [`poll_probed`] for any poll function, such as a response body's `poll_frame`.
+pub(crate) fn poll_probed_with<T>(
+    cx: &mut Context<'_>,
+    poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+) -> (Poll<T>, ProbeFindings) {
     let state = ProbeState {
         real: cx.waker(),
         findings: RefCell::new(ProbeFindings::default()),
@@ -138,7 +149,7 @@ pub(crate) fn poll_probed<F: Future>(
     // it never escapes, because `clone` hands out the real waker, not this one.
     let probe = ManuallyDrop::new(unsafe { Waker::from_raw(raw) });
     let mut probe_cx = Context::from_waker(&probe);
-    let output = future.poll(&mut probe_cx);
+    let output = poll(&mut probe_cx);
     let mut findings = state.findings.into_inner();
     findings.completed = output.is_ready();
     (output, findings)

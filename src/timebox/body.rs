@@ -8,7 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::part::DeadlinePart;
-use crate::registry::{Registration, HARD_FIRED};
+use crate::registry::{PollingScope, Registration, HARD_FIRED};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -39,9 +39,11 @@ pin_project! {
 
 /// Keeps the request registered while its body streams, so the monitor can wake the body at
 /// the hard deadline.
-struct BodyDeadline {
-    registration: Registration,
-    deadlines: Arc<DeadlinePart>,
+pub(crate) struct BodyDeadline {
+    pub(crate) registration: Registration,
+    /// The timebox whose hard deadline ends the body (`body_deadline`); `None` when the body
+    /// is only watched.
+    pub(crate) deadlines: Option<Arc<DeadlinePart>>,
 }
 
 impl<B> std::fmt::Debug for TimeboxBody<B> {
@@ -68,23 +70,9 @@ impl std::fmt::Debug for BodyDeadline {
 }
 
 impl<B> TimeboxBody<B> {
-    pub(crate) fn inner(body: B, deadline: Option<(Registration, Arc<DeadlinePart>)>) -> Self {
+    pub(crate) fn inner(body: B, deadline: Option<BodyDeadline>) -> Self {
         Self {
-            kind: Kind::Inner {
-                body,
-                deadline: deadline.map(|(registration, deadlines)| BodyDeadline {
-                    registration,
-                    deadlines,
-                }),
-            },
-        }
-    }
-
-    /// The handler's own body, for layers that never answer with a timeout of their own.
-    pub(crate) fn into_handler_body(self) -> B {
-        match self.kind {
-            Kind::Inner { body, .. } => body,
-            Kind::Full { .. } => unreachable!("a layer without deadlines answered a timeout"),
+            kind: Kind::Inner { body, deadline },
         }
     }
 
@@ -130,13 +118,16 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProj::Inner { body, deadline } => {
-                if let Some(guard) = deadline.as_ref() {
-                    let slot = guard.registration.slot();
+            KindProj::Inner { mut body, deadline } => {
+                let Some(guard) = deadline.as_ref() else {
+                    return body.poll_frame(cx).map_err(Into::into);
+                };
+                let registration = &guard.registration;
+                if let Some(deadlines) = &guard.deadlines {
+                    let slot = registration.slot();
                     slot.set_waker(cx.waker());
-                    if slot.flags(guard.registration.id()) & HARD_FIRED != 0 {
-                        guard
-                            .deadlines
+                    if slot.flags(registration.id()) & HARD_FIRED != 0 {
+                        deadlines
                             .counters
                             .body_timeouts
                             .fetch_add(1, Ordering::Relaxed);
@@ -144,11 +135,19 @@ where
                         return Poll::Ready(Some(Err(Box::new(BodyDeadlineElapsed))));
                     }
                 }
-                let frame = body.poll_frame(cx).map_err(Into::into);
-                if let Poll::Ready(None) = frame {
-                    *deadline = None;
+                let frame = {
+                    let _polling = PollingScope::enter(registration);
+                    registration.poll_watched_with(cx, |cx| body.as_mut().poll_frame(cx))
+                };
+                match &frame {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        registration.note_frame(frame.data_ref().map_or(0, Bytes::len));
+                    }
+                    // The body ended, failed or was cut: so has the request.
+                    Poll::Ready(_) => *deadline = None,
+                    Poll::Pending => {}
                 }
-                frame
+                frame.map_err(Into::into)
             }
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }

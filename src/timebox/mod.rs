@@ -116,6 +116,7 @@ pub(crate) mod part;
 mod service;
 pub(crate) mod shed;
 
+pub(crate) use self::body::BodyDeadline;
 pub use self::body::{BodyDeadlineElapsed, TimeboxBody};
 pub(crate) use self::deadline::{request_deadline_in_force, ActiveDeadline, DeadlineScope};
 pub use self::deadline::{

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::registry::{PollingScope, Registration, RequestHandle, HARD_FIRED, SOFT_FIRED};
 use crate::timebox::part::DeadlinePart;
-use crate::timebox::{ActiveDeadline, DeadlineScope, TimeboxBody};
+use crate::timebox::{ActiveDeadline, BodyDeadline, DeadlineScope, TimeboxBody};
 
 pin_project! {
     /// The response future of [`super::Tracked`], behind each layer's own `ResponseFuture`.
@@ -175,31 +175,39 @@ fn finish<B, E>(
     registration: Registration,
     deadlines: Option<&Arc<DeadlinePart>>,
 ) -> Result<Response<TimeboxBody<B>>, E> {
-    let Some(deadlines) = deadlines else {
-        let response = output?;
-        registration.set_status(response.status().as_u16());
-        return Ok(response.map(|body| TimeboxBody::inner(body, None)));
-    };
-    let flags = registration.slot().flags(registration.id());
-    if flags & SOFT_FIRED != 0 && flags & HARD_FIRED == 0 {
-        deadlines
-            .counters
-            .soft_honoured
-            .fetch_add(1, Ordering::Relaxed);
+    if let Some(deadlines) = deadlines {
+        let flags = registration.slot().flags(registration.id());
+        if flags & SOFT_FIRED != 0 && flags & HARD_FIRED == 0 {
+            deadlines
+                .counters
+                .soft_honoured
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
     let response = output?;
     registration.set_status(response.status().as_u16());
     let (parts, body) = response.into_parts();
     // A websocket or an event stream may stay open for hours by design: neither slow nor late.
-    let long_lived = deadlines.long_lived_exempt
-        && (parts.status == http::StatusCode::SWITCHING_PROTOCOLS
-            || parts
-                .headers
-                .get(CONTENT_TYPE)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.split(';').next())
-                .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream")));
-    let guard = (deadlines.body_deadline && !long_lived).then(|| (registration, deadlines.clone()));
+    let long_lived = parts.status == http::StatusCode::SWITCHING_PROTOCOLS
+        || parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"));
+    let exempt = long_lived && deadlines.is_none_or(|d| d.long_lived_exempt);
+    let body_deadline = deadlines.filter(|d| d.body_deadline && !exempt).cloned();
+    // The request is in flight until its body ends: a slow stream is a slow request.
+    let watch_body = registration.watched() && !exempt;
+    let guard = if watch_body || body_deadline.is_some() {
+        registration.start_body(body_deadline.is_some());
+        Some(BodyDeadline {
+            registration,
+            deadlines: body_deadline,
+        })
+    } else {
+        None
+    };
     Ok(Response::from_parts(parts, TimeboxBody::inner(body, guard)))
 }
 

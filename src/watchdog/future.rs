@@ -10,8 +10,8 @@ use crate::tracked::TrackedFuture;
 pin_project! {
     /// Response future of [`super::Watchdog`].
     ///
-    /// Marks the request as being polled by the current thread for the duration of each poll,
-    /// and deregisters it when it completes or is dropped.
+    /// Marks the request as being polled by the current thread for the duration of each poll.
+    /// The request stays registered until its response body ends (or is dropped).
     pub struct ResponseFuture<F>
     where
         F: Future,
@@ -31,12 +31,9 @@ impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<B>, E>;
+    type Output = Result<Response<super::WatchdogBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map(|output| {
-            // A watchdog has no deadline part, so the body is always the handler's own.
-            output.map(|response| response.map(crate::timebox::TimeboxBody::into_handler_body))
-        })
+        self.project().inner.poll(cx)
     }
 }

@@ -64,6 +64,10 @@ pub(crate) mod part;
 mod service;
 
 pub use self::future::ResponseFuture;
+
+/// Response body of [`Watchdog`]: the handler's own body, watched until it ends, so a slowly
+/// streaming body is reported like any slow request. The same type as the timebox's body.
+pub type WatchdogBody<B> = crate::timebox::TimeboxBody<B>;
 pub use self::layer::{WatchdogBuilder, WatchdogLayer, WatchdogStats};
 pub use self::service::Watchdog;
 pub use crate::config::WatchdogConfig;

@@ -50,7 +50,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Watchdog<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<super::WatchdogBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
