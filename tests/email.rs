@@ -15,9 +15,11 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mail_parser::{MessageParser, MimeHeaders};
-use tower_vigil::report::ReportKind;
-use tower_vigil::sink::{EmailSink, FileSink, SmtpConfig, TlsMode};
+use tower_vigil::report::{ReportKind, ReportTrigger};
+use tower_vigil::sink::{EmailSink, FileSink, LogSink, SmtpConfig, TlsMode};
+use tower_vigil::timebox::{Isolation, TimeboxLayer};
 use tower_vigil::watchdog::WatchdogLayer;
+use tower_vigil::Vigil;
 
 /// What the crate logged at ERROR under `tower_vigil::email`, as an operator would read it.
 static EMAIL_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
@@ -35,9 +37,25 @@ impl std::io::Write for EmailLog {
     }
 }
 
-/// `common::init_tracing` (which it shadows here) plus a layer that writes the email sink's
-/// ERROR lines into [`EMAIL_LOG`]. The mail thread is the crate's own, so only a global
-/// subscriber sees what it logs.
+/// The events of the log sink (target `tower_vigil::report`), as a log file would hold them.
+static REPORT_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct ReportLog;
+
+impl std::io::Write for ReportLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        REPORT_LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `common::init_tracing` (which it shadows here) plus layers that write the email sink's
+/// ERROR lines into [`EMAIL_LOG`] and the log sink's events into [`REPORT_LOG`]. The mail and
+/// reporter threads are the crate's own, so only a global subscriber sees what they log.
 fn init_tracing() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
@@ -57,6 +75,12 @@ fn init_tracing() {
                     .with_ansi(false)
                     .with_writer(|| EmailLog)
                     .with_filter(EnvFilter::new("tower_vigil::email=error")),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(|| ReportLog)
+                    .with_filter(EnvFilter::new("tower_vigil::report=trace")),
             )
             .init();
     });
@@ -273,13 +297,19 @@ fn a_wedged_application_still_mails_its_report_with_the_blocking_function() {
     let (name, json) = json_attachment(&mail);
     let hostname = json["hostname"].as_str().unwrap().to_owned();
     let subject = mail.subject().unwrap();
+    let signature = json["signature"].as_str().unwrap().to_owned();
+    assert_eq!(signature.len(), 12, "{json}");
     assert!(
         subject.starts_with("[vigil] slow request: GET /block (")
-            && subject.ends_with(&format!(") on {hostname}")),
+            && subject.ends_with(&format!(") on {hostname} [{signature}]")),
         "{subject}"
     );
     let body = mail.body_text(0).unwrap();
     assert!(body.contains("GET /block HTTP/1.1"), "{body}");
+    assert!(
+        body.contains(&format!("Signature:  {signature} (GET /block @ ")),
+        "{body}"
+    );
     assert!(body.contains("vigil_blocked_until_released"), "{body}");
     assert_eq!(name, format!("slow-{}-1.json", json["request_id"]));
     assert_eq!(json["uri"], "/block");
@@ -1036,4 +1066,296 @@ fn bad_input_is_an_error_when_the_sink_is_built() {
     std::fs::write(&file, b"x").unwrap();
     let error = EmailSink::eml_dir(file.join("mail")).unwrap_err();
     assert!(error.to_string().contains("cannot create"), "{error}");
+}
+
+/// Mails of one request caught at the threshold and twice more (2x and 3x), with `every`
+/// passed to `mail_every_capture`; returns the mails, the sink's stats and the reports every
+/// other sink got.
+fn mails_of_a_request_caught_three_times(
+    every: bool,
+) -> (Vec<Received>, tower_vigil::sink::EmailStats, usize) {
+    let smtp = SmtpServer::start();
+    let email = EmailSink::smtp(&smtp.url())
+        .unwrap()
+        .to("oncall@example.com")
+        .unwrap()
+        .mail_every_capture(every);
+    let collect = Collect::default();
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
+        .recapture_at([2, 3])
+        .sink(email.clone())
+        .sink(collect.clone())
+        .build()
+        .unwrap();
+    let app = App::start(slow_route("/thrice", 700).layer(watchdog.clone()), 2);
+    assert_eq!(app.get("/thrice", &[]).0, 200);
+    assert!(wait_until(PATIENCE, || watchdog.stats().completed == 1));
+    assert!(watchdog.flush(PATIENCE));
+    let slow = collect
+        .all()
+        .iter()
+        .filter(|r| r.kind == ReportKind::Slow)
+        .count();
+    (smtp.messages(), email.stats(), slow)
+}
+
+#[test]
+fn a_request_caught_three_times_is_mailed_once() {
+    init_tracing();
+    let (mails, stats, slow) = mails_of_a_request_caught_three_times(false);
+    // The other sinks keep every capture.
+    assert_eq!(slow, 3);
+    assert_eq!(mails.len(), 1, "one mail per slow request");
+    let mail = parse(&mails[0]);
+    let (_, json) = json_attachment(&mail);
+    assert_eq!(json["capture"], 1);
+    assert_eq!(
+        (stats.sent, stats.repeats_not_mailed, stats.suppressed),
+        (1, 2, 0),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn with_mail_every_capture_each_capture_is_mailed_in_one_thread() {
+    init_tracing();
+    let (mails, stats, slow) = mails_of_a_request_caught_three_times(true);
+    assert_eq!(slow, 3);
+    assert_eq!(mails.len(), 3);
+    let mut captures: Vec<(u64, bool)> = mails
+        .iter()
+        .map(|m| {
+            let mail = parse(m);
+            let (_, json) = json_attachment(&mail);
+            let threaded = mail.in_reply_to().as_text().is_some();
+            (json["capture"].as_u64().unwrap(), threaded)
+        })
+        .collect();
+    captures.sort();
+    assert_eq!(captures, [(1, false), (2, true), (3, true)]);
+    assert_eq!((stats.sent, stats.repeats_not_mailed), (3, 0), "{stats:?}");
+}
+
+#[inline(never)]
+fn vigil_wedged_in_mail_test(duration: Duration) {
+    std::thread::sleep(duration);
+}
+
+#[test]
+fn a_wedged_request_is_mailed_again_at_its_hard_deadline() {
+    init_tracing();
+    let smtp = SmtpServer::start();
+    let email = EmailSink::smtp(&smtp.url())
+        .unwrap()
+        .to("oncall@example.com")
+        .unwrap();
+    let collect = Collect::default();
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
+        .recapture_at([])
+        .sink(email.clone())
+        .sink(collect.clone())
+        .build()
+        .unwrap();
+    // Threshold at 100 ms, soft deadline at 300 ms, hard deadline at 400 ms, all while the
+    // handler blocks its worker thread.
+    let timebox = TimeboxLayer::builder(Duration::from_millis(400))
+        .grace(Duration::from_millis(100))
+        .resolution(Duration::from_millis(20))
+        .isolation_mode(Isolation::Always)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/wedge",
+            get(|| async {
+                vigil_wedged_in_mail_test(Duration::from_millis(1000));
+                "late"
+            }),
+        )
+        .layer(
+            Vigil::new()
+                .watchdog(watchdog.clone())
+                .timebox(timebox.clone()),
+        );
+    let app = App::start(app, 2);
+    assert_eq!(app.get("/wedge", &[]).0, 503);
+    assert!(wait_until(PATIENCE, || watchdog.stats().completed == 1));
+    assert!(watchdog.flush(PATIENCE));
+
+    let triggers: Vec<ReportTrigger> = collect
+        .all()
+        .iter()
+        .filter(|r| r.kind == ReportKind::Slow)
+        .map(|r| r.trigger)
+        .collect();
+    assert_eq!(
+        triggers,
+        [
+            ReportTrigger::Threshold,
+            ReportTrigger::SoftDeadline,
+            ReportTrigger::HardDeadline
+        ]
+    );
+    let mut mailed: Vec<(String, u64)> = smtp
+        .messages()
+        .iter()
+        .map(|m| {
+            let (_, json) = json_attachment(&parse(m));
+            (
+                json["trigger"].as_str().unwrap().to_owned(),
+                json["capture"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    mailed.sort_by_key(|(_, capture)| *capture);
+    assert_eq!(
+        mailed,
+        [("threshold".to_owned(), 1), ("hard_deadline".to_owned(), 3)],
+        "the soft deadline adds no news, the wedge does"
+    );
+    let stats = email.stats();
+    assert_eq!((stats.sent, stats.repeats_not_mailed), (2, 1), "{stats:?}");
+    assert_eq!(timebox.stats().wedged, 1);
+}
+
+#[inline(never)]
+async fn vigil_load_user() -> &'static str {
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    "user"
+}
+
+#[test]
+fn requests_stuck_in_one_function_on_many_ids_make_one_mail_and_a_digest_by_signature() {
+    init_tracing();
+    const REQUESTS: u32 = 20;
+    const WINDOW: Duration = Duration::from_secs(2);
+    let smtp = SmtpServer::start();
+    // One mail per signature and window; the total cap would let every route key through.
+    let email = EmailSink::smtp(&smtp.url())
+        .unwrap()
+        .to("oncall@example.com")
+        .unwrap()
+        .throttle(1, WINDOW);
+    let collect = Collect::default();
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
+        .recapture_at([])
+        .sink(email.clone())
+        .sink(collect.clone())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/users/{id}", get(vigil_load_user))
+        .layer(watchdog.clone());
+    let app = App::start(app, 2);
+    let addr = app.addr;
+    let requests: Vec<_> = (1..=REQUESTS)
+        .map(|n| {
+            app.client
+                .spawn(async move { http_get(addr, &format!("/users/{n}"), &[]).await })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(app.client.block_on(request).unwrap().0, 200);
+    }
+    assert!(wait_until(PATIENCE, || {
+        watchdog.stats().completed == u64::from(REQUESTS)
+    }));
+    let reports = collect.all();
+    let first = reports
+        .iter()
+        .find(|r| r.kind == ReportKind::Slow)
+        .expect("slow reports");
+    let (signature, text) = (first.signature.clone(), first.signature_text.clone());
+    assert!(
+        text.starts_with("GET /users/{n} @ awaits") && text.contains("vigil_load_user"),
+        "{text}"
+    );
+    assert!(
+        reports
+            .iter()
+            .filter(|r| r.kind == ReportKind::Slow)
+            .all(|r| r.signature == signature),
+        "one wedge, one signature"
+    );
+
+    // The digest is due one window after the first report it holds.
+    let mails = smtp
+        .wait_for_messages(2, PATIENCE)
+        .expect("a mail and a digest");
+    assert!(watchdog.flush(PATIENCE));
+    assert_eq!(smtp.messages().len(), 2, "{mails:?}");
+    let report_mail = parse(&mails[0]);
+    let subject = report_mail.subject().unwrap();
+    assert!(
+        subject.starts_with("[vigil] slow request: GET /users/")
+            && subject.ends_with(&format!(" [{signature}]")),
+        "{subject}"
+    );
+    let digest = parse(&mails[1]);
+    let held = REQUESTS - 1;
+    let digest_subject = digest.subject().unwrap();
+    assert!(
+        digest_subject.starts_with(&format!(
+            "[vigil] {held} more slow requests of GET /users/{{n}} on "
+        )) && digest_subject.ends_with(&format!(" [{signature}]")),
+        "{digest_subject}"
+    );
+    let body = digest.body_text(0).unwrap();
+    assert!(
+        body.contains(&format!(
+            "{held} more slow requests of GET /users/{{n}} since "
+        )),
+        "{body}"
+    );
+    let listed = format!("  signature {signature}: {text}");
+    assert!(body.lines().any(|line| line == listed), "{body}");
+    let stats = email.stats();
+    assert_eq!(
+        (stats.sent, stats.suppressed, stats.digests_sent),
+        (1, u64::from(held), 1),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn the_log_sink_event_carries_the_signature() {
+    init_tracing();
+    let collect = Collect::default();
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
+        .recapture_at([])
+        .sink(LogSink::new().full_report(false))
+        .sink(collect.clone())
+        .build()
+        .unwrap();
+    let app = App::start(slow_route("/logged/{id}", 300).layer(watchdog.clone()), 2);
+    assert_eq!(app.get("/logged/4711", &[]).0, 200);
+    assert!(wait_until(PATIENCE, || watchdog.stats().completed == 1));
+    assert!(watchdog.flush(PATIENCE));
+    let report = collect
+        .all()
+        .into_iter()
+        .find(|r| r.kind == ReportKind::Slow)
+        .expect("a slow report");
+    assert_eq!(report.signature.len(), 12);
+    let log = String::from_utf8_lossy(&REPORT_LOG.lock().unwrap()).into_owned();
+    let slow: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("uri=/logged/4711") && l.contains(" kind=Slow "))
+        .collect();
+    assert_eq!(slow.len(), 1, "{log}");
+    assert!(
+        slow[0].contains(&format!(
+            " signature={} signature_text={} ",
+            report.signature, report.signature_text
+        )),
+        "{}",
+        slow[0]
+    );
+    assert!(
+        report
+            .signature_text
+            .starts_with("GET /logged/{n} @ awaits"),
+        "{}",
+        report.signature_text
+    );
 }

@@ -83,7 +83,7 @@ impl FileSinkConfig {
 
 // The defaults of `EmailSink` and `SmtpConfig`, here too because this data exists without the
 // `email` feature; a test checks they agree.
-const DEFAULT_SUBJECT: &str = "[vigil] {summary} on {hostname}";
+const DEFAULT_SUBJECT: &str = "[vigil] {summary} on {hostname} [{signature}]";
 const DEFAULT_THROTTLE_PER_ROUTE: u32 = 10;
 const DEFAULT_THROTTLE_TOTAL: u32 = 30;
 const DEFAULT_THROTTLE_WINDOW: Duration = Duration::from_secs(300);
@@ -94,7 +94,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The placeholders of the subject template.
-const SUBJECT_PLACEHOLDERS: [&str; 11] = [
+const SUBJECT_PLACEHOLDERS: [&str; 13] = [
     "summary",
     "method",
     "uri",
@@ -106,6 +106,8 @@ const SUBJECT_PLACEHOLDERS: [&str; 11] = [
     "capture",
     "top_frame",
     "pid",
+    "signature",
+    "signature_text",
 ];
 
 /// The `[sinks.email]` section: each report as a mail, through SMTP or into a directory of
@@ -134,17 +136,20 @@ pub struct EmailSinkConfig {
     /// The recipients, one address each; at least one. No default.
     pub to: Vec<String>,
     /// The subject template, with placeholders such as `{summary}`, `{route}`, `{hostname}`.
-    /// Default: `[vigil] {summary} on {hostname}`.
+    /// Default: `[vigil] {summary} on {hostname} [{signature}]`.
     pub subject: String,
     /// Whether to mail again when a mailed request completes. Default: false.
     pub follow_up: bool,
-    /// At most this many mails per route key (method and path) per `throttle_window`.
-    /// Default: 10.
+    /// Whether every capture of a slow request is mailed, rather than the first one and those
+    /// with news (wedged at the hard deadline, still running at shutdown). Default: false.
+    pub every_capture: bool,
+    /// At most this many mails per signature (the route with ids collapsed, and where the
+    /// request is stuck) per `throttle_window`. Default: 10.
     pub throttle_per_route: u32,
     /// The throttle's sliding window. Default: 5 min.
     #[serde(with = "humantime_serde")]
     pub throttle_window: Duration,
-    /// At most this many mails per window over all routes. Default: 30.
+    /// At most this many mails per window over all signatures. Default: 30.
     pub throttle_total: u32,
     /// Retries after a failed attempt. Default: 3.
     pub retries: u32,
@@ -178,6 +183,7 @@ impl Default for EmailSinkConfig {
             to: Vec::new(),
             subject: DEFAULT_SUBJECT.to_owned(),
             follow_up: false,
+            every_capture: false,
             throttle_per_route: DEFAULT_THROTTLE_PER_ROUTE,
             throttle_window: DEFAULT_THROTTLE_WINDOW,
             throttle_total: DEFAULT_THROTTLE_TOTAL,
@@ -333,6 +339,7 @@ impl fmt::Debug for EmailSinkConfig {
             .field("to", &self.to)
             .field("subject", &self.subject)
             .field("follow_up", &self.follow_up)
+            .field("every_capture", &self.every_capture)
             .field("throttle_per_route", &self.throttle_per_route)
             .field("throttle_window", &self.throttle_window)
             .field("throttle_total", &self.throttle_total)

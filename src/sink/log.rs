@@ -6,7 +6,9 @@ use crate::report::{ReportKind, SlowRequestReport};
 /// Reports as `tracing` events, target `tower_vigil::report`.
 ///
 /// Each event carries structured fields (`request_id`, `method`, `uri`, `elapsed_ms`, `kind`,
-/// `capture`, `top_frame`, `status`) and the full text report in the field `report`.
+/// `capture`, `top_frame`, `status`, `signature` and `signature_text`) and the full text
+/// report in the field `report`. Group by `signature` to see how many requests are stuck in
+/// the same place: it is the same across requests, processes and hosts.
 ///
 /// ```
 /// use tower_vigil::sink::LogSink;
@@ -75,6 +77,8 @@ macro_rules! emit {
             capture = $report.capture,
             top_frame = $top,
             status = $status,
+            signature = %$report.signature,
+            signature_text = %$report.signature_text,
             report = $text,
             "{}",
             $report.summary()

@@ -19,7 +19,7 @@ use super::message::{self, Envelope, SubjectTemplate};
 use super::smtp::SmtpClient;
 use super::throttle::{Digest, Throttle, ThrottleConfig};
 use super::{EmailError, EmailStats};
-use crate::report::{ReportKind, SlowRequestReport};
+use crate::report::{ReportKind, ReportTrigger, SlowRequestReport};
 use crate::sink::Sink;
 
 /// The longest wait between two retries, however many there were.
@@ -84,6 +84,7 @@ pub(crate) struct Counters {
     retried: AtomicU64,
     failed_to_fallback: AtomicU64,
     suppressed: AtomicU64,
+    repeats_not_mailed: AtomicU64,
     queue_full: AtomicU64,
     fallback_failures: AtomicU64,
     pending: AtomicU64,
@@ -98,6 +99,7 @@ impl Counters {
             retried: get(&self.retried),
             failed_to_fallback: get(&self.failed_to_fallback),
             suppressed: get(&self.suppressed),
+            repeats_not_mailed: get(&self.repeats_not_mailed),
             queue_full: get(&self.queue_full),
             fallback_failures: get(&self.fallback_failures),
             pending: get(&self.pending),
@@ -116,6 +118,7 @@ pub(crate) struct Settings {
     pub(crate) to: Vec<Mailbox>,
     pub(crate) subject: SubjectTemplate,
     pub(crate) follow_up: bool,
+    pub(crate) every_capture: bool,
     pub(crate) throttle: ThrottleConfig,
     pub(crate) retries: u32,
     pub(crate) backoff: Duration,
@@ -191,6 +194,10 @@ impl Delivery {
         let shared = &self.shared;
         let settings = &shared.settings;
         let now = Instant::now();
+        if !settings.every_capture && !is_news(report) {
+            bump(&shared.counters.repeats_not_mailed);
+            return Ok(());
+        }
         let mut state = shared.lock();
         if report.kind == ReportKind::Completed {
             // A follow-up only for a request whose first mail went out; it needs no throttle,
@@ -266,6 +273,18 @@ impl Delivery {
         }
         false
     }
+}
+
+/// Whether a report says something its request's earlier mails did not: it is the first
+/// capture, the request was wedged at its hard deadline, or it was still running at shutdown.
+/// Completion records pass here; whether they are mailed is `follow_up`'s decision.
+fn is_news(report: &SlowRequestReport) -> bool {
+    report.kind != ReportKind::Slow
+        || report.capture <= 1
+        || matches!(
+            report.trigger,
+            ReportTrigger::HardDeadline | ReportTrigger::Shutdown
+        )
 }
 
 impl Drop for Delivery {
@@ -491,4 +510,30 @@ fn log_first_failure(error: &SendError) {
         permanent = error.permanent,
         "mail delivery failed: {diagnosis}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::message::tests::report;
+    use super::*;
+
+    #[test]
+    fn only_first_captures_and_news_are_mailed() {
+        let mut r = report("/slow");
+        assert!(is_news(&r), "the first capture");
+        r.capture = 2;
+        assert!(!is_news(&r), "a threshold recapture");
+        r.trigger = ReportTrigger::SoftDeadline;
+        assert!(
+            !is_news(&r),
+            "the soft deadline of a request already mailed"
+        );
+        r.trigger = ReportTrigger::HardDeadline;
+        assert!(is_news(&r), "wedged at the hard deadline");
+        r.trigger = ReportTrigger::Shutdown;
+        assert!(is_news(&r), "still running at shutdown");
+        r.trigger = ReportTrigger::Threshold;
+        r.kind = ReportKind::Completed;
+        assert!(is_news(&r), "completion records are follow_up's decision");
+    }
 }

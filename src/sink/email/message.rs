@@ -40,10 +40,12 @@ enum Field {
     Capture,
     TopFrame,
     Pid,
+    Signature,
+    SignatureText,
 }
 
 /// Placeholder names, as documented on `EmailSink::subject`.
-const FIELDS: [(&str, Field); 11] = [
+const FIELDS: [(&str, Field); 13] = [
     ("summary", Field::Summary),
     ("method", Field::Method),
     ("uri", Field::Uri),
@@ -55,6 +57,8 @@ const FIELDS: [(&str, Field); 11] = [
     ("capture", Field::Capture),
     ("top_frame", Field::TopFrame),
     ("pid", Field::Pid),
+    ("signature", Field::Signature),
+    ("signature_text", Field::SignatureText),
 ];
 
 impl SubjectTemplate {
@@ -148,6 +152,8 @@ impl SubjectTemplate {
                                 .unwrap_or("")
                         ),
                         Field::Pid => write!(out, "{}", report.pid),
+                        Field::Signature => write!(out, "{}", report.signature),
+                        Field::SignatureText => write!(out, "{}", report.signature_text),
                     };
                 }
             }
@@ -330,22 +336,25 @@ pub(crate) fn report_message(
         .map_err(|error| EmailError::new(format!("cannot build the mail: {error}")))
 }
 
-/// A digest as a mail: what the throttle held back, route by route.
+/// A digest as a mail: what the throttle held back, signature by signature. With one
+/// signature, its subject ends like the default subject of that signature's report mails, so
+/// a mail filter on the signature finds the digest too.
 pub(crate) fn digest_message(
     envelope: &Envelope<'_>,
     digest: &Digest,
 ) -> Result<Message, EmailError> {
     let hostname = crate::report::hostname();
-    let subject = match digest.routes.as_slice() {
-        [only] if digest.other_routes == 0 => format!(
-            "[vigil] {} of {} on {hostname}",
+    let subject = match digest.groups.as_slice() {
+        [only] if digest.other_groups == 0 => format!(
+            "[vigil] {} of {} on {hostname} [{}]",
             more_slow_requests(only.requests),
-            only.route_key
+            only.route,
+            only.signature
         ),
-        routes => format!(
-            "[vigil] {} on {} routes on {hostname}",
+        groups => format!(
+            "[vigil] {} with {} signatures on {hostname}",
             more_slow_requests(digest.total_requests()),
-            routes.len() as u64 + digest.other_routes
+            groups.len() as u64 + digest.other_groups
         ),
     };
     text_message(envelope, clean_subject(&subject), digest.to_text(hostname))
@@ -406,10 +415,27 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_default_subject_reads_like_the_issue() {
+    fn the_default_subject_reads_like_the_issue_and_ends_with_the_signature() {
+        let report = report("/api/jobs");
+        assert_eq!(report.signature.len(), 12);
         assert_eq!(
-            default_template().render(&report("/api/jobs")),
-            "[vigil] slow request: GET /api/jobs (7.2 s) on web-3"
+            default_template().render(&report),
+            format!(
+                "[vigil] slow request: GET /api/jobs (7.2 s) on web-3 [{}]",
+                report.signature
+            )
+        );
+    }
+
+    #[test]
+    fn the_signature_and_its_text_are_placeholders() {
+        let mut report = report("/users/7");
+        report.signature = "0123456789ab".into();
+        report.signature_text = "GET /users/{n} @ app::load".into();
+        let t = SubjectTemplate::parse("{signature} {{{signature_text}}}").unwrap();
+        assert_eq!(
+            t.render(&report),
+            "0123456789ab {GET /users/{n} @ app::load}"
         );
     }
 

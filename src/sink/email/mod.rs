@@ -5,7 +5,7 @@
 //! - `mod.rs`: [`EmailSink`], its builder, [`EmailStats`] and [`EmailError`];
 //! - `smtp.rs`: [`SmtpConfig`] (URL or builder) and one SMTP transaction;
 //! - `message.rs`: subject template, text body and JSON attachment;
-//! - `throttle.rs`: per-route and total limits, and the digest of what they held back;
+//! - `throttle.rs`: per-signature and total limits, and the digest of what they held back;
 //! - `delivery.rs`: the delivery thread, its bounded queue, retries and the fallback.
 //!
 //! # Example
@@ -73,9 +73,20 @@ use crate::report::SlowRequestReport;
 /// # What a mail holds
 ///
 /// From, every To, a subject from a template (default: `[vigil] slow request: GET /api/jobs
-/// (7.2 s) on web-3`), the text report as body and the JSON report as an attachment named like
+/// (7.2 s) on web-3 [3f9a0c12d4e7]`, ending with the report's signature so that mail filters
+/// and searches can group by it), the text report as body (its `Signature:` line tells what
+/// the signature is made of) and the JSON report as an attachment named like
 /// [`FileSink`](super::FileSink)'s files. Reports are redacted before any sink sees them; the
 /// subject is cleaned of control characters, so nothing in a request can add a header.
+///
+/// # One mail per slow request
+///
+/// A request is mailed when it is first caught. Its later captures (the watchdog's
+/// recaptures, the timebox's soft deadline) are not mailed unless they bring news: the request
+/// was wedged at its hard deadline, or was still running at shutdown; those mails are threaded
+/// under the first one. The completion record is mailed only with
+/// [`follow_up`](EmailSink::follow_up), and [`mail_every_capture`](EmailSink::mail_every_capture)
+/// mails every capture. The log and file sinks get every capture either way.
 ///
 /// # Delivery
 ///
@@ -96,12 +107,14 @@ use crate::report::SlowRequestReport;
 /// # Throttle and digest
 ///
 /// At most [`DEFAULT_THROTTLE_PER_ROUTE`](EmailSink::DEFAULT_THROTTLE_PER_ROUTE) mails per
-/// route key (method and path) and [`DEFAULT_THROTTLE_TOTAL`](EmailSink::DEFAULT_THROTTLE_TOTAL)
-/// in all go out per sliding window of
-/// [`DEFAULT_THROTTLE_WINDOW`](EmailSink::DEFAULT_THROTTLE_WINDOW). Reports held back are
-/// counted and summed up in one digest mail, such as `37 more slow requests of GET /api/jobs
-/// since 10:42:07 UTC, longest 31.2 s`, sent one window after the first report it holds at the
-/// latest. Held-back reports still reach every other sink.
+/// signature and [`DEFAULT_THROTTLE_TOTAL`](EmailSink::DEFAULT_THROTTLE_TOTAL) in all go out
+/// per sliding window of [`DEFAULT_THROTTLE_WINDOW`](EmailSink::DEFAULT_THROTTLE_WINDOW). The
+/// signature is the route with ids collapsed plus where the request is stuck, so 200 requests
+/// to `/users/1`, `/users/2`, … stuck in one function share one budget, and the same route
+/// stuck somewhere else has its own. Reports held back are counted, by signature, in one
+/// digest mail, such as `37 more slow requests of GET /users/{n} since 10:42:07 UTC, longest
+/// 31.2 s` followed by the signature and what it is made of, sent one window after the first
+/// report it holds at the latest. Held-back reports still reach every other sink.
 ///
 /// # Counters
 ///
@@ -115,6 +128,7 @@ pub struct EmailSink {
     to: Vec<Mailbox>,
     subject: SubjectTemplate,
     follow_up: bool,
+    every_capture: bool,
     throttle: ThrottleConfig,
     retries: u32,
     backoff: Duration,
@@ -144,6 +158,9 @@ pub struct EmailStats {
     pub failed_to_fallback: u64,
     /// Reports the throttle held back and counted in a digest.
     pub suppressed: u64,
+    /// Later captures of a request that were not mailed because they add nothing to its
+    /// first mail (see [`EmailSink::mail_every_capture`]). Other sinks still got them.
+    pub repeats_not_mailed: u64,
     /// Reports that found the queue full (also counted in `failed_to_fallback`).
     pub queue_full: u64,
     /// Deliveries to a fallback sink that failed or panicked.
@@ -178,11 +195,11 @@ impl std::error::Error for EmailError {}
 
 impl EmailSink {
     /// The default subject template. See [`EmailSink::subject`].
-    pub const DEFAULT_SUBJECT: &'static str = "[vigil] {summary} on {hostname}";
-    /// Default mails per route key and window: 10.
+    pub const DEFAULT_SUBJECT: &'static str = "[vigil] {summary} on {hostname} [{signature}]";
+    /// Default mails per signature and window: 10.
     pub const DEFAULT_THROTTLE_PER_ROUTE: u32 = 10;
-    /// Default mails per window over all routes: 30, so that slow requests spread over many
-    /// paths (`/users/1`, `/users/2`, …) are held back too.
+    /// Default mails per window over all signatures: 30, so that slow requests stuck in many
+    /// places at once are held back too.
     pub const DEFAULT_THROTTLE_TOTAL: u32 = 30;
     /// Default throttle window: 5 minutes.
     pub const DEFAULT_THROTTLE_WINDOW: Duration = Duration::from_secs(300);
@@ -283,6 +300,7 @@ impl EmailSink {
             .subject(&config.subject)
             .map_err(fail("subject"))?
             .follow_up(config.follow_up)
+            .mail_every_capture(config.every_capture)
             .throttle(config.throttle_per_route, config.throttle_window)
             .throttle_total(config.throttle_total)
             .retries(config.retries)
@@ -297,6 +315,7 @@ impl EmailSink {
             to: Vec::new(),
             subject: SubjectTemplate::parse(Self::DEFAULT_SUBJECT).expect("a valid template"),
             follow_up: false,
+            every_capture: false,
             throttle: ThrottleConfig {
                 per_route: Self::DEFAULT_THROTTLE_PER_ROUTE,
                 total: Self::DEFAULT_THROTTLE_TOTAL,
@@ -334,7 +353,9 @@ impl EmailSink {
 
     /// Sets the subject template. Placeholders: `{summary}` (`slow request: GET /api/jobs
     /// (7.2 s)`), `{method}`, `{uri}`, `{route}` (method and path), `{elapsed}`, `{hostname}`,
-    /// `{kind}` (`slow` or `completed`), `{request_id}`, `{capture}`, `{top_frame}`, `{pid}`;
+    /// `{kind}` (`slow` or `completed`), `{request_id}`, `{capture}`, `{top_frame}`, `{pid}`,
+    /// `{signature}` (12 hex digits, the same for requests stuck in the same place) and
+    /// `{signature_text}` (what it is made of, such as `GET /users/{n} @ app::load`);
     /// `{{` and `}}` for braces. Control characters in the result are escaped and it is cut
     /// at 200 characters. Default: [`EmailSink::DEFAULT_SUBJECT`].
     ///
@@ -353,8 +374,18 @@ impl EmailSink {
         self
     }
 
-    /// At most `per_route` (at least 1) mails per route key in any `window` (more than
-    /// zero). Default: [`EmailSink::DEFAULT_THROTTLE_PER_ROUTE`] per
+    /// Whether every capture of a slow request is mailed. Default: false, which mails a
+    /// request once, when it is first caught, and again only with news: it was wedged at the
+    /// timebox's hard deadline, or still running at shutdown. The later captures not mailed
+    /// are counted in [`EmailStats::repeats_not_mailed`]; the log and file sinks get every
+    /// capture either way.
+    pub fn mail_every_capture(mut self, enabled: bool) -> Self {
+        self.every_capture = enabled;
+        self
+    }
+
+    /// At most `per_route` (at least 1) mails per signature (the route with ids collapsed and
+    /// where the request is stuck) in any `window` (more than zero). Default: [`EmailSink::DEFAULT_THROTTLE_PER_ROUTE`] per
     /// [`EmailSink::DEFAULT_THROTTLE_WINDOW`]. The digest of what is held back goes out one
     /// window after the first report it holds at the latest.
     pub fn throttle(mut self, per_route: u32, window: Duration) -> Self {
@@ -363,7 +394,7 @@ impl EmailSink {
         self
     }
 
-    /// At most `total` (at least 1) mails per window over all route keys (digests not
+    /// At most `total` (at least 1) mails per window over all signatures (digests not
     /// counted). Default: [`EmailSink::DEFAULT_THROTTLE_TOTAL`].
     pub fn throttle_total(mut self, total: u32) -> Self {
         self.throttle.total = total;
@@ -465,6 +496,7 @@ impl IntoSink for EmailSink {
             to: self.to.clone(),
             subject: self.subject.clone(),
             follow_up: self.follow_up,
+            every_capture: self.every_capture,
             throttle: self.throttle,
             retries: self.retries,
             backoff: self.backoff,
@@ -518,6 +550,7 @@ impl fmt::Debug for EmailSink {
             .field("from", &self.from.as_ref().map(ToString::to_string))
             .field("to", &to)
             .field("follow_up", &self.follow_up)
+            .field("every_capture", &self.every_capture)
             .field("throttle", &self.throttle)
             .field("retries", &self.retries)
             .field("retry_backoff", &self.backoff)

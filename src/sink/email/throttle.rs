@@ -1,5 +1,6 @@
-//! Throttling: at most N mails per route key and M in all per sliding window; what is held
-//! back is summed up in one digest, due one window after the first report it holds.
+//! Throttling: at most N mails per signature and M in all per sliding window; what is held
+//! back is summed up in one digest, grouped by signature, due one window after the first
+//! report it holds.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -8,10 +9,20 @@ use std::time::{Duration, Instant, SystemTime};
 use super::message::{format_secs, more_slow_requests};
 use crate::report::SlowRequestReport;
 
-/// Routes listed one by one in a digest; the rest are summed up in one line.
-const MAX_DIGEST_ROUTES: usize = 50;
-/// Example requests listed per route in a digest (the longest ones).
-const EXAMPLES_PER_ROUTE: usize = 3;
+/// Signatures listed one by one in a digest; the rest are summed up in one line.
+const MAX_DIGEST_GROUPS: usize = 50;
+/// Example requests listed per signature in a digest (the longest ones).
+const EXAMPLES_PER_GROUP: usize = 3;
+
+/// What the throttle groups a report by: its signature, or its route key for a report made
+/// without one.
+fn key(report: &SlowRequestReport) -> &str {
+    if report.signature.is_empty() {
+        &report.route_key
+    } else {
+        &report.signature
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ThrottleConfig {
@@ -22,8 +33,8 @@ pub(crate) struct ThrottleConfig {
 
 pub(crate) struct Throttle {
     config: ThrottleConfig,
-    /// When mails went out, per route key, within the last window.
-    routes: HashMap<String, VecDeque<Instant>>,
+    /// When mails went out, per signature, within the last window.
+    groups: HashMap<String, VecDeque<Instant>>,
     total: VecDeque<Instant>,
     digest: Option<Digest>,
     last_sweep: Instant,
@@ -33,7 +44,7 @@ impl Throttle {
     pub(crate) fn new(config: ThrottleConfig, now: Instant) -> Self {
         Self {
             config,
-            routes: HashMap::new(),
+            groups: HashMap::new(),
             total: VecDeque::new(),
             digest: None,
             last_sweep: now,
@@ -48,14 +59,14 @@ impl Throttle {
             self.total.pop_front();
         }
         if now.saturating_duration_since(self.last_sweep) >= window {
-            // Bounds the map by the routes mailed within one window.
-            self.routes.retain(|_, sent| {
+            // Bounds the map by the signatures mailed within one window.
+            self.groups.retain(|_, sent| {
                 sent.retain(|t| !expired(t));
                 !sent.is_empty()
             });
             self.last_sweep = now;
         }
-        let route_has_room = match self.routes.get_mut(&report.route_key) {
+        let group_has_room = match self.groups.get_mut(key(report)) {
             Some(sent) => {
                 while sent.front().is_some_and(expired) {
                     sent.pop_front();
@@ -64,10 +75,10 @@ impl Throttle {
             }
             None => self.config.per_route > 0,
         };
-        if route_has_room && self.total.len() < self.config.total as usize {
+        if group_has_room && self.total.len() < self.config.total as usize {
             self.total.push_back(now);
-            self.routes
-                .entry(report.route_key.clone())
+            self.groups
+                .entry(key(report).to_owned())
                 .or_default()
                 .push_back(now);
             true
@@ -99,21 +110,26 @@ impl Throttle {
     }
 }
 
-/// Reports the throttle held back, grouped by route key.
+/// Reports the throttle held back, grouped by signature.
 #[derive(Debug, Clone)]
 pub(crate) struct Digest {
     first_at: Instant,
-    pub(crate) routes: Vec<RouteDigest>,
-    /// Routes beyond [`MAX_DIGEST_ROUTES`], summed up.
-    pub(crate) other_routes: u64,
+    pub(crate) groups: Vec<GroupDigest>,
+    /// Signatures beyond [`MAX_DIGEST_GROUPS`], summed up (an upper bound).
+    pub(crate) other_groups: u64,
     other_requests: u64,
     other_recaptures: u64,
 }
 
-/// What was held back for one route key.
+/// What was held back for one signature.
 #[derive(Debug, Clone)]
-pub(crate) struct RouteDigest {
-    pub(crate) route_key: String,
+pub(crate) struct GroupDigest {
+    /// The signature, or the route key of reports made without one.
+    pub(crate) signature: String,
+    /// What the signature is made of.
+    pub(crate) signature_text: String,
+    /// The route with ids collapsed (`GET /users/{n}`), for the digest's subject.
+    pub(crate) route: String,
     /// First captures: each is a distinct slow request.
     pub(crate) requests: u64,
     /// Later captures (and completion records) of requests.
@@ -137,8 +153,8 @@ impl Digest {
     fn new(first_at: Instant) -> Self {
         Self {
             first_at,
-            routes: Vec::new(),
-            other_routes: 0,
+            groups: Vec::new(),
+            other_groups: 0,
             other_requests: 0,
             other_recaptures: 0,
         }
@@ -146,27 +162,26 @@ impl Digest {
 
     fn add(&mut self, report: &SlowRequestReport) {
         let first_capture = report.capture <= 1 && report.kind == crate::report::ReportKind::Slow;
-        let index = self
-            .routes
-            .iter()
-            .position(|r| r.route_key == report.route_key);
+        let index = self.groups.iter().position(|g| g.signature == key(report));
         let route = match index {
-            Some(index) => &mut self.routes[index],
-            None if self.routes.len() < MAX_DIGEST_ROUTES => {
-                self.routes.push(RouteDigest {
-                    route_key: report.route_key.clone(),
+            Some(index) => &mut self.groups[index],
+            None if self.groups.len() < MAX_DIGEST_GROUPS => {
+                self.groups.push(GroupDigest {
+                    signature: key(report).to_owned(),
+                    signature_text: report.signature_text.clone(),
+                    route: crate::report::signature::collapsed_route(&report.route_key),
                     requests: 0,
                     recaptures: 0,
                     since: SystemTime::now(),
                     longest: Duration::ZERO,
                     examples: Vec::new(),
                 });
-                self.routes.last_mut().expect("just pushed")
+                self.groups.last_mut().expect("just pushed")
             }
             None => {
-                // Counting routes exactly would need a set; a new route per report is the
+                // Counting signatures exactly would need a set; a new one per report is the
                 // worst case, and the count is only shown.
-                self.other_routes += u64::from(first_capture);
+                self.other_groups += u64::from(first_capture);
                 if first_capture {
                     self.other_requests += 1;
                 } else {
@@ -191,17 +206,17 @@ impl Digest {
         };
         route.examples.push(example);
         route.examples.sort_by_key(|e| std::cmp::Reverse(e.elapsed));
-        route.examples.truncate(EXAMPLES_PER_ROUTE);
+        route.examples.truncate(EXAMPLES_PER_GROUP);
     }
 
     /// Distinct slow requests held back.
     pub(crate) fn total_requests(&self) -> u64 {
-        self.routes.iter().map(|r| r.requests).sum::<u64>() + self.other_requests
+        self.groups.iter().map(|r| r.requests).sum::<u64>() + self.other_requests
     }
 
     /// Reports held back, first captures and later ones.
     pub(crate) fn total_reports(&self) -> u64 {
-        self.routes
+        self.groups
             .iter()
             .map(|r| r.requests + r.recaptures)
             .sum::<u64>()
@@ -217,15 +232,24 @@ impl Digest {
              Every one of them still went to the other sinks (log, files).\n",
             self.total_reports()
         );
-        for route in &self.routes {
+        for route in &self.groups {
             let _ = writeln!(
                 out,
                 "{} of {} since {}, longest {}",
                 more_slow_requests(route.requests),
-                route.route_key,
+                route.route,
                 clock(route.since),
                 format_secs(route.longest)
             );
+            if route.signature_text.is_empty() {
+                let _ = writeln!(out, "  signature {}", route.signature);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  signature {}: {}",
+                    route.signature, route.signature_text
+                );
+            }
             if route.recaptures > 0 {
                 let _ = writeln!(
                     out,
@@ -252,9 +276,9 @@ impl Digest {
         if self.other_requests + self.other_recaptures > 0 {
             let _ = writeln!(
                 out,
-                "{} on {} more routes ({} later captures)",
+                "{} with {} more signatures ({} later captures)",
                 more_slow_requests(self.other_requests),
-                self.other_routes,
+                self.other_groups,
                 self.other_recaptures
             );
         }
@@ -298,7 +322,7 @@ mod tests {
         let other = report("/other");
         assert!(t.admit(&jobs, start));
         assert!(t.admit(&jobs, start));
-        assert!(t.admit(&other, start), "routes are counted apart");
+        assert!(t.admit(&other, start), "signatures are counted apart");
         let first_held = start + Duration::from_millis(10);
         assert!(!t.admit(&jobs, first_held));
         for ms in 20..57 {
@@ -327,7 +351,7 @@ mod tests {
     }
 
     #[test]
-    fn the_total_cap_holds_across_routes() {
+    fn the_total_cap_holds_across_signatures() {
         let (mut t, now) = throttle(10, 3, 1000);
         let admitted = (0..20)
             .filter(|i| t.admit(&report(&format!("/r{i}")), now))
@@ -335,26 +359,67 @@ mod tests {
         assert_eq!(admitted, 3);
         let digest = t.take_digest(now, true).unwrap();
         assert_eq!(digest.total_requests(), 17);
-        assert_eq!(digest.routes.len(), 17);
+        assert_eq!(digest.groups.len(), 17);
     }
 
     #[test]
-    fn recaptures_are_told_apart_and_routes_are_bounded() {
+    fn recaptures_are_told_apart_and_signatures_are_bounded() {
         let (mut t, now) = throttle(1, 1, 1000);
         assert!(t.admit(&report("/a"), now));
         let mut again = report("/a");
         again.capture = 2;
         assert!(!t.admit(&again, now));
-        for i in 0..(MAX_DIGEST_ROUTES + 5) {
+        for i in 0..(MAX_DIGEST_GROUPS + 5) {
             assert!(!t.admit(&report(&format!("/r{i}")), now));
         }
         let digest = t.take_digest(now, true).unwrap();
-        assert_eq!(digest.routes.len(), MAX_DIGEST_ROUTES);
-        assert_eq!(digest.total_requests(), MAX_DIGEST_ROUTES as u64 + 5);
-        assert_eq!(digest.total_reports(), MAX_DIGEST_ROUTES as u64 + 6);
+        assert_eq!(digest.groups.len(), MAX_DIGEST_GROUPS);
+        assert_eq!(digest.total_requests(), MAX_DIGEST_GROUPS as u64 + 5);
+        assert_eq!(digest.total_reports(), MAX_DIGEST_GROUPS as u64 + 6);
         let text = digest.to_text("web-3");
         assert!(text.contains("plus 1 later captures"), "{text}");
-        assert!(text.contains("on 6 more routes"), "{text}");
+        assert!(text.contains("with 6 more signatures"), "{text}");
+    }
+
+    /// A report on `uri` stuck in `function`, with the signature the reporter would give it.
+    fn stuck_in(uri: &str, function: &str) -> SlowRequestReport {
+        let mut r = report(uri);
+        r.signature_text = format!(
+            "{} @ {function}",
+            crate::report::signature::collapsed_route(&r.route_key)
+        );
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&r.signature_text, &mut hasher);
+        r.signature = format!("{:012x}", std::hash::Hasher::finish(&hasher) >> 16);
+        r
+    }
+
+    #[test]
+    fn requests_stuck_in_one_place_share_the_mails_of_their_signature() {
+        let (mut t, now) = throttle(1, 100, 1000);
+        // Different ids, one route once collapsed, one function: one signature.
+        assert!(t.admit(&stuck_in("/users/1", "app::load"), now));
+        for n in 2..=20 {
+            assert!(!t.admit(&stuck_in(&format!("/users/{n}"), "app::load"), now));
+        }
+        // The same route stuck somewhere else is news of its own.
+        assert!(t.admit(&stuck_in("/users/7", "app::save"), now));
+        let digest = t.take_digest(now, true).unwrap();
+        assert_eq!(digest.groups.len(), 1);
+        assert_eq!(digest.total_requests(), 19);
+        let text = digest.to_text("web-3");
+        let load = stuck_in("/users/1", "app::load");
+        assert!(
+            text.contains("19 more slow requests of GET /users/{n} since "),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "  signature {}: GET /users/{{n}} @ app::load\n",
+                load.signature
+            )),
+            "{text}"
+        );
     }
 
     #[test]
@@ -365,12 +430,12 @@ mod tests {
     }
 
     #[test]
-    fn old_routes_are_swept() {
+    fn old_signatures_are_swept() {
         let (mut t, now) = throttle(1, 1000, 100);
         for i in 0..100 {
             assert!(t.admit(&report(&format!("/r{i}")), now));
         }
         assert!(t.admit(&report("/late"), now + Duration::from_millis(200)));
-        assert_eq!(t.routes.len(), 1);
+        assert_eq!(t.groups.len(), 1);
     }
 }
