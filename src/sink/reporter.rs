@@ -228,11 +228,30 @@ fn run(receiver: Receiver<Message>, sinks: SinkList, counters: Arc<DeliveryCount
     let started = std::time::Instant::now();
     stack::warm_up();
     tracing::debug!(target: "tower_vigil", elapsed = ?started.elapsed(), "symbolizer warmed up");
+    // The signature of each reported request, so its completion record, which has no stack to
+    // sign, groups with its slow reports.
+    let mut signatures: std::collections::HashMap<u64, (String, String)> =
+        std::collections::HashMap::new();
     for message in receiver {
         match message {
             Message::Report(pending) => {
                 let started = std::time::Instant::now();
-                let report = pending.into_report(&counters);
+                let mut report = pending.into_report(&counters);
+                if report.kind == crate::report::ReportKind::Completed {
+                    if let Some((signature, text)) = signatures.remove(&report.request_id) {
+                        report.signature = signature;
+                        report.signature_text = text;
+                    }
+                } else if report.capture <= 1 || !signatures.contains_key(&report.request_id) {
+                    // A completion record lost to a full queue leaves its entry; keep it bounded.
+                    if signatures.len() >= 65_536 {
+                        signatures.clear();
+                    }
+                    signatures.insert(
+                        report.request_id,
+                        (report.signature.clone(), report.signature_text.clone()),
+                    );
+                }
                 tracing::debug!(
                     target: "tower_vigil",
                     frames = report.stack.len(),
