@@ -250,6 +250,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             elapsed.as_secs_f64()
         );
     }
+    // By default a route runs in a task of its own once it has wedged: the first /wedge could
+    // only answer when its thread came back; the second gets its 503 at the hard deadline.
+    let again = Instant::now();
+    let status = fetch(addr, "/wedge").await;
+    println!(
+        "  {:<26} {status:<32} after {:.2} s (the route wedged before: isolated now)",
+        "/wedge, again",
+        again.elapsed().as_secs_f64()
+    );
     // The wedged handler's thread is still asleep after its 503; wait for its work to end so
     // its completion record is written too.
     let waiting = Instant::now();
