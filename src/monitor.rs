@@ -15,7 +15,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::error::ConfigError;
 use crate::registry::{Dues, Registry, Seen, Slot, HARD_FIRED, NEVER, SOFT_FIRED, WEDGED};
@@ -273,28 +273,14 @@ fn slow_report(
             name: stack::thread_name(tid),
         };
         // Only the signal goes out here; the reporter waits for the answer.
-        let evidence = match stack::start_capture(tid, id) {
-            Ok(capture) => StackEvidence::Awaited {
-                capture,
-                deadline: Instant::now() + watch.capture_timeout,
-                timeout: watch.capture_timeout,
-            },
-            Err(error) => StackEvidence::Known(Err(error.into())),
-        };
+        let evidence = StackEvidence::start(tid, id, watch.capture_timeout);
         (evidence, Some(thread))
     };
     let helpers = if watch.capture_stacks {
         crate::helpers::threads_of(id)
             .into_iter()
             .map(|tid| {
-                let evidence = match stack::start_capture(tid, id) {
-                    Ok(capture) => StackEvidence::Awaited {
-                        capture,
-                        deadline: Instant::now() + watch.capture_timeout,
-                        timeout: watch.capture_timeout,
-                    },
-                    Err(error) => StackEvidence::Known(Err(error.into())),
-                };
+                let evidence = StackEvidence::start(tid, id, watch.capture_timeout);
                 let thread = ThreadInfo {
                     tid,
                     name: stack::thread_name(tid),

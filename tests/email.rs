@@ -24,11 +24,12 @@ use tower_vigil::Vigil;
 /// What the crate logged at ERROR under `tower_vigil::email`, as an operator would read it.
 static EMAIL_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
-struct EmailLog;
+/// Writes into one of the static buffers.
+struct Captured(&'static Mutex<Vec<u8>>);
 
-impl std::io::Write for EmailLog {
+impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        EMAIL_LOG.lock().unwrap().extend_from_slice(buf);
+        self.0.lock().unwrap().extend_from_slice(buf);
         Ok(buf.len())
     }
 
@@ -39,19 +40,6 @@ impl std::io::Write for EmailLog {
 
 /// The events of the log sink (target `tower_vigil::report`), as a log file would hold them.
 static REPORT_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct ReportLog;
-
-impl std::io::Write for ReportLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        REPORT_LOG.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// `common::init_tracing` (which it shadows here) plus layers that write the email sink's
 /// ERROR lines into [`EMAIL_LOG`] and the log sink's events into [`REPORT_LOG`]. The mail and
@@ -73,13 +61,13 @@ fn init_tracing() {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(false)
-                    .with_writer(|| EmailLog)
+                    .with_writer(|| Captured(&EMAIL_LOG))
                     .with_filter(EnvFilter::new("tower_vigil::email=error")),
             )
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(false)
-                    .with_writer(|| ReportLog)
+                    .with_writer(|| Captured(&REPORT_LOG))
                     .with_filter(EnvFilter::new("tower_vigil::report=trace")),
             )
             .init();

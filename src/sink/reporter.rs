@@ -22,6 +22,19 @@ pub(crate) enum StackEvidence {
 }
 
 impl StackEvidence {
+    /// Sends the capture signal to thread `tid` for request `id` without waiting: the answer
+    /// is collected by the reporter, up to `timeout` from now.
+    pub(crate) fn start(tid: i32, id: u64, timeout: Duration) -> Self {
+        match stack::start_capture(tid, id) {
+            Ok(capture) => StackEvidence::Awaited {
+                capture,
+                deadline: Instant::now() + timeout,
+                timeout,
+            },
+            Err(error) => StackEvidence::Known(Err(error.into())),
+        }
+    }
+
     pub(crate) fn resolve(self, counters: &DeliveryCounters) -> Result<RawStack, StackStatus> {
         let (capture, deadline, timeout) = match self {
             StackEvidence::Known(known) => return known,

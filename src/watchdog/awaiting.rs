@@ -112,14 +112,7 @@ fn busy_threads(registry: &Registry, except: u64, capture_timeout: Duration) -> 
         if tid == 0 || id == except {
             return;
         }
-        let evidence = match stack::start_capture(tid, id) {
-            Ok(capture) => StackEvidence::Awaited {
-                capture,
-                deadline: Instant::now() + capture_timeout,
-                timeout: capture_timeout,
-            },
-            Err(error) => StackEvidence::Known(Err(error.into())),
-        };
+        let evidence = StackEvidence::start(tid, id, capture_timeout);
         let thread = ThreadInfo {
             tid,
             name: stack::thread_name(tid),
