@@ -510,6 +510,7 @@ impl Registry {
             id,
             shard,
             watched: dues.watch != NEVER,
+            long_lived_exempt: parts.watch.as_ref().is_none_or(|w| w.long_lived_exempt),
         }
     }
 
@@ -565,6 +566,8 @@ pub(crate) struct Registration {
     shard: usize,
     /// A watchdog watches it: its task waker is kept for probe polls.
     watched: bool,
+    /// Its watch lets go of websocket upgrades and event streams.
+    pub(crate) long_lived_exempt: bool,
 }
 
 impl Registration {

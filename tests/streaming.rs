@@ -106,3 +106,34 @@ async fn a_body_whose_client_went_away_is_deregistered() {
     client.abort();
     assert!(wait_until(Duration::from_secs(5), || watchdog.stats().in_flight == 0).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_is_not_a_slow_request_unless_configured() {
+    for exempt in [true, false] {
+        let collect = Collect::default();
+        let watchdog = WatchdogLayer::builder(Duration::from_millis(300))
+            .recapture_at([])
+            .resolution(Duration::from_millis(10))
+            .long_lived_exempt(exempt)
+            .sink(collect.clone())
+            .build()
+            .unwrap();
+        let app = Router::new()
+            .route(
+                "/events",
+                get(|| async {
+                    (
+                        [(http::header::CONTENT_TYPE, "text/event-stream")],
+                        slow_stream(4, Duration::from_millis(200)),
+                    )
+                }),
+            )
+            .layer(watchdog.clone());
+        let addr = serve(app).await;
+        let (status, body) = http_get(addr, "/events", &[]).await;
+        assert_eq!((status, body.len()), (200, 4000));
+        assert!(watchdog.flush(Duration::from_secs(5)));
+        let reported = collect.all().iter().any(|r| r.kind == ReportKind::Slow);
+        assert_eq!(reported, !exempt, "exempt: {exempt}");
+    }
+}

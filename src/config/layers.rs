@@ -53,6 +53,9 @@ pub struct WatchdogConfig {
     /// Paths the watchdog ignores; `*` matches any run of characters (`/health`, `/static/*`,
     /// `*.png`). Each starts with `/` or `*`. Default: none.
     pub ignore_paths: Vec<String>,
+    /// Whether websocket upgrades (101) and event streams (`text/event-stream`) stop being
+    /// watched once their headers are out, since they stay open by design. Default: true.
+    pub long_lived_exempt: bool,
 }
 
 impl Default for WatchdogConfig {
@@ -70,6 +73,7 @@ impl Default for WatchdogConfig {
             redact_query_params: Vec::new(),
             allow_query_params: Vec::new(),
             ignore_paths: Vec::new(),
+            long_lived_exempt: true,
         }
     }
 }

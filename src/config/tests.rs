@@ -89,7 +89,7 @@ fn environment_names_are_unique_and_cover_every_setting() {
     assert!(names.contains("VIGIL_SINKS_FILE_DIR"));
     assert!(names.contains("VIGIL_SIGNALS_CAPTURE"));
     assert!(names.contains("VIGIL_DISABLED"));
-    assert_eq!(settings.len(), 64, "{settings:?}");
+    assert_eq!(settings.len(), 65, "{settings:?}");
 }
 
 /// A valid base that each invalid case below changes in one place.

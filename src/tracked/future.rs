@@ -195,10 +195,12 @@ fn finish<B, E>(
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.split(';').next())
             .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"));
-    let exempt = long_lived && deadlines.is_none_or(|d| d.long_lived_exempt);
-    let body_deadline = deadlines.filter(|d| d.body_deadline && !exempt).cloned();
+    let deadline_exempt = long_lived && deadlines.is_none_or(|d| d.long_lived_exempt);
+    let body_deadline = deadlines
+        .filter(|d| d.body_deadline && !deadline_exempt)
+        .cloned();
     // The request is in flight until its body ends: a slow stream is a slow request.
-    let watch_body = registration.watched() && !exempt;
+    let watch_body = registration.watched() && !(long_lived && registration.long_lived_exempt);
     let guard = if watch_body || body_deadline.is_some() {
         registration.start_body(body_deadline.is_some());
         Some(BodyDeadline {

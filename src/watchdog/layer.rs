@@ -417,6 +417,13 @@ impl WatchdogBuilder {
         self
     }
 
+    /// Whether websocket upgrades (101) and event streams (`text/event-stream`) stop being
+    /// watched once their headers are out, since they stay open by design. Default: true.
+    pub fn long_lived_exempt(mut self, exempt: bool) -> Self {
+        self.config.long_lived_exempt = exempt;
+        self
+    }
+
     /// Switches the watchdog off (every request passes through untouched, no thread starts)
     /// or on. Default: on.
     pub fn enabled(mut self, enabled: bool) -> Self {
@@ -484,6 +491,7 @@ impl WatchdogBuilder {
                 &config.redact_query_params,
                 &config.allow_query_params,
             ),
+            long_lived_exempt: config.long_lived_exempt,
         });
         let parts = Arc::new(Parts {
             registry: core.registry.clone(),

@@ -23,6 +23,7 @@ pub(crate) struct WatchPart {
     pub(crate) counters: WatchCounters,
     pub(crate) filter: Filter,
     pub(crate) capture: RequestCapture,
+    pub(crate) long_lived_exempt: bool,
 }
 
 /// Counters written by the monitor thread for one watchdog.
