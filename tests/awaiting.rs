@@ -320,7 +320,12 @@ async fn the_same_wedge_on_the_same_route_shares_a_signature() {
     assert_eq!(two.signature, four.signature, "{}", two.signature_text);
     assert_ne!(two.signature, three.signature, "{}", three.signature_text);
     assert!(
-        two.signature_text.starts_with("GET /items/{n} @ awaits"),
+        // The route axum matched, or without the `axum` feature the path with ids collapsed.
+        two.signature_text.starts_with(if cfg!(feature = "axum") {
+            "GET /items/{id} @ awaits"
+        } else {
+            "GET /items/{n} @ awaits"
+        }),
         "{}",
         two.signature_text
     );

@@ -62,6 +62,20 @@ pub(crate) const URI_LIMIT: usize = 4096;
 /// Longest parameter name compared by content; a longer one is redacted without a look.
 const NAME_LIMIT: usize = 128;
 
+/// The route axum matched (`/users/{id}`), when the request went through an axum router.
+#[cfg(feature = "axum")]
+fn matched_path<B>(request: &http::Request<B>) -> Option<&str> {
+    request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str())
+}
+
+#[cfg(not(feature = "axum"))]
+fn matched_path<B>(_: &http::Request<B>) -> Option<&str> {
+    None
+}
+
 /// Cuts `text` at `limit` bytes (on a character boundary) with a mark giving the full length,
 /// and gives back a buffer that grew far past the limit.
 fn cap(text: &mut String, limit: usize) {
@@ -155,7 +169,10 @@ impl RequestCapture {
             meta.uri.push_str(authority.as_str());
         }
         meta.uri.push_str(uri.path());
-        meta.route_key.push_str(uri.path());
+        match matched_path(request) {
+            Some(route) => meta.route_key.push_str(route),
+            None => meta.route_key.push_str(uri.path()),
+        }
         if let Some(query) = uri.query() {
             meta.uri.push('?');
             self.push_redacted_query(query, &mut meta.uri);
