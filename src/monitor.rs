@@ -13,7 +13,7 @@
 //! process, which the signal handler relies on to never put one request's stack into another's
 //! report.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -67,31 +67,27 @@ impl Core {
     }
 }
 
-/// Rounds a due time up to a multiple of `resolution`, so that the monitor batches requests
-/// that fall due close together.
-pub(crate) fn round_up(due: u64, resolution: Duration) -> u64 {
-    let resolution = (resolution.as_nanos() as u64).max(1);
-    due.checked_next_multiple_of(resolution).unwrap_or(NEVER)
+/// The finest resolution any layer asked for: the monitor rounds its wake-ups up to a multiple
+/// of it, so requests that fall due close together are handled in one wake-up, and the request
+/// path does no rounding.
+static GRANULARITY_NS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Notes a layer's resolution; the monitor wakes at multiples of the finest one.
+pub(crate) fn note_resolution(resolution: Duration) {
+    let ns = (resolution.as_nanos() as u64).max(1);
+    GRANULARITY_NS.fetch_min(ns, Ordering::Relaxed);
 }
 
 /// When each event of a request that starts at `started` falls due under `parts`.
 pub(crate) fn dues(parts: &Parts, started: u64, watched: bool) -> Dues {
-    let after = |d: Duration, resolution: Duration| {
-        round_up(started.saturating_add(d.as_nanos() as u64), resolution)
-    };
+    let after = |d: Duration| started.saturating_add(d.as_nanos() as u64);
     Dues {
         watch: match &parts.watch {
-            Some(watch) if watched => after(watch.threshold, watch.resolution),
+            Some(watch) if watched => after(watch.threshold),
             _ => NEVER,
         },
-        soft: parts
-            .deadlines
-            .as_ref()
-            .map_or(NEVER, |d| after(d.soft_after, d.resolution)),
-        hard: parts
-            .deadlines
-            .as_ref()
-            .map_or(NEVER, |d| after(d.hard_after, d.resolution)),
+        soft: parts.deadlines.as_ref().map_or(NEVER, |d| after(d.soft_after)),
+        hard: parts.deadlines.as_ref().map_or(NEVER, |d| after(d.hard_after)),
     }
 }
 
@@ -157,11 +153,8 @@ fn fire(registry: &Arc<Registry>, slot: &Arc<Slot>, seen: Seen, now: u64) {
                     let multiple = watch.recapture_at.get(capture as usize - 1);
                     let threshold = watch.threshold.as_nanos() as u64;
                     slot.set_watch_due_ns(multiple.map_or(NEVER, |&m| {
-                        round_up(
-                            slot.started_ns()
-                                .saturating_add(threshold.saturating_mul(u64::from(m))),
-                            watch.resolution,
-                        )
+                        slot.started_ns()
+                            .saturating_add(threshold.saturating_mul(u64::from(m)))
                     }));
                     report(registry, watch, slot, id, Trigger::Threshold);
                 }
@@ -406,7 +399,11 @@ fn run(registry: Arc<Registry>) {
         if let Some(at) = crate::watchdog::awaiting::check_waiting(&registry) {
             next = next.min(registry.clock.ns_at(at));
         }
-        let wake_at = next.min(now + IDLE_SLEEP.as_nanos() as u64);
+        let granularity = GRANULARITY_NS.load(Ordering::Relaxed).max(1);
+        let wake_at = next
+            .checked_next_multiple_of(granularity)
+            .unwrap_or(NEVER)
+            .min(now + IDLE_SLEEP.as_nanos() as u64);
         if !registry.wake.going_to_sleep(wake_at) {
             continue;
         }

@@ -56,6 +56,8 @@ pub(crate) struct Dues {
 pub(crate) struct Clock {
     epoch: Instant,
     epoch_wall: SystemTime,
+    /// The coarse clock's reading at `epoch`.
+    coarse_epoch: u64,
 }
 
 impl Clock {
@@ -63,11 +65,17 @@ impl Clock {
         Self {
             epoch: Instant::now(),
             epoch_wall: SystemTime::now(),
+            coarse_epoch: crate::stack::coarse_now_ns(),
         }
     }
 
     pub(crate) fn now_ns(&self) -> u64 {
         self.ns_at(Instant::now())
+    }
+
+    /// [`Clock::now_ns`] to a few milliseconds, cheaply: for per-frame times.
+    pub(crate) fn coarse_now_ns(&self) -> u64 {
+        crate::stack::coarse_now_ns().saturating_sub(self.coarse_epoch)
     }
 
     pub(crate) fn ns_at(&self, at: Instant) -> u64 {
@@ -615,12 +623,12 @@ impl Registration {
     /// Deadlines other than the body's own no longer apply.
     pub(crate) fn start_body(&self, keep_deadlines: bool) {
         let slot = &self.slot;
-        if !keep_deadlines {
+        if !keep_deadlines && slot.hard_due_ns.load(Ordering::Relaxed) != NEVER {
             slot.soft_due_ns.store(NEVER, Ordering::Relaxed);
             slot.hard_due_ns.store(NEVER, Ordering::Relaxed);
             slot.reschedule();
         }
-        let now = self.registry.clock.now_ns();
+        let now = self.registry.clock.coarse_now_ns().max(1);
         slot.body_bytes.store(0, Ordering::Relaxed);
         slot.body_frames.store(0, Ordering::Relaxed);
         slot.body_last_ns.store(now, Ordering::Relaxed);
@@ -640,7 +648,7 @@ impl Registration {
             Ordering::Relaxed,
         );
         slot.body_last_ns
-            .store(self.registry.clock.now_ns(), Ordering::Relaxed);
+            .store(self.registry.clock.coarse_now_ns(), Ordering::Relaxed);
     }
 
     /// A handle to the request that does not own its registration.

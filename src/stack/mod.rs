@@ -190,6 +190,21 @@ impl Drop for PollScope {
     }
 }
 
+/// A coarse monotonic clock in nanoseconds (`CLOCK_MONOTONIC_COARSE`: a few milliseconds of
+/// resolution, a fraction of the cost of a precise read), for times kept per response frame.
+pub(crate) fn coarse_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given, which lives on this stack.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } == 0;
+    if !ok {
+        return 0;
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 /// Makes `request` the request this thread works for, returning the one it replaces; for
 /// threads that work for a request outside its poll (see `crate::helpers`).
 pub(crate) fn set_current_request(request: u64) -> u64 {

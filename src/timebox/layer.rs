@@ -413,10 +413,10 @@ impl TimeboxBuilder {
         let status = StatusCode::from_u16(config.status)
             .map_err(|_| ConfigError::invalid("timebox.status", config.status, "500..=599"))?;
         let core = Core::global()?;
+        crate::monitor::note_resolution(config.resolution_or_default());
         let part = Arc::new(DeadlinePart {
             soft_after: soft,
             hard_after: hard,
-            resolution: config.resolution_or_default(),
             response: TimeoutResponse {
                 status,
                 body: Bytes::from(config.body.clone()),

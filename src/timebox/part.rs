@@ -28,7 +28,6 @@ pub(crate) struct Escalation {
 pub(crate) struct DeadlinePart {
     pub(crate) soft_after: Duration,
     pub(crate) hard_after: Duration,
-    pub(crate) resolution: Duration,
     pub(crate) response: TimeoutResponse,
     pub(crate) isolation: Isolation,
     /// Routes that have been wedged: a bit per route hash, for adaptive isolation.

@@ -473,6 +473,7 @@ impl WatchdogBuilder {
                 format!("cannot start the reporter thread: {error}"),
             )
         })?;
+        crate::monitor::note_resolution(config.resolution_or_default());
         let part = Arc::new(WatchPart {
             threshold,
             recapture_at: config.recapture_at.clone(),
