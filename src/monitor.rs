@@ -86,8 +86,14 @@ pub(crate) fn dues(parts: &Parts, started: u64, watched: bool) -> Dues {
             Some(watch) if watched => after(watch.threshold),
             _ => NEVER,
         },
-        soft: parts.deadlines.as_ref().map_or(NEVER, |d| after(d.soft_after)),
-        hard: parts.deadlines.as_ref().map_or(NEVER, |d| after(d.hard_after)),
+        soft: parts
+            .deadlines
+            .as_ref()
+            .map_or(NEVER, |d| after(d.soft_after)),
+        hard: parts
+            .deadlines
+            .as_ref()
+            .map_or(NEVER, |d| after(d.hard_after)),
     }
 }
 
