@@ -1,5 +1,6 @@
 //! Secrets are redacted without configuration: query parameters and configured headers named
 //! like secrets never reach the file, log or mail sinks; an allowed parameter does.
+#![cfg(all(feature = "email", feature = "toml"))]
 
 mod common;
 

@@ -13,6 +13,15 @@
 //! The report goes to the configured [`sinks`](crate::sink) on a reporter thread. It is made
 //! again at 2× and 4× the threshold while the request runs, and once more when it finishes.
 //!
+//! # Interrupted system calls
+//!
+//! A capture interrupts the polling thread with a real-time signal. Calls the kernel restarts
+//! (`read`, `write`, `accept` without a timeout) are unaffected; `poll`, `select`,
+//! `epoll_wait`, `nanosleep` and socket calls with a timeout return `EINTR`. Rust's standard
+//! library and tokio retry; raw `libc` calls, in your code or in a C library, may fail while
+//! their request is captured. Turn captures off for such a route with `ignore_path`, or for
+//! the whole watchdog with `capture_stacks(false)`.
+//!
 //! # Example
 //!
 //! With axum's `Router::layer`:
