@@ -686,12 +686,15 @@ async fn an_outer_tower_http_timeout_cancels_the_profile_it_gave_up_on() {
     assert!(started.load(Ordering::SeqCst));
 
     let (reply, waited) = profile_when_free(addr, &[bearer, ("x-admin", OTHER_ADMIN)]).await;
-    assert_eq!(
+    // The place is free once the second admin is no longer told 429; on a loaded machine the
+    // outer 300 ms timeout may still cut that second profile short (503 with no body).
+    assert_ne!(
         reply.status,
-        200,
+        429,
         "after {waited:?}, the dropped profile still holds the place: {}",
         reply.text()
     );
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
     wait_for(&dropped, "dropping the timed-out request").await;
     assert!(reply.header("access-control-allow-origin") == "*");
 }
