@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime};
 use crate::error::ConfigError;
 use crate::registry::{Dues, Registry, Seen, Slot, HARD_FIRED, NEVER, SOFT_FIRED, WEDGED};
 use crate::report::{
-    Completion, ReportKind, ReportTrigger, RequestPhase, SlowRequestReport, SpanTree, StackStatus,
-    ThreadInfo,
+    Completion, RenderedRequest, ReportKind, ReportTrigger, RequestCapture, RequestPhase,
+    SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
 };
 use crate::sink::reporter::{AwaitingEvidence, RawReport, StackEvidence};
 use crate::stack;
@@ -118,7 +118,7 @@ pub(crate) fn report_in_flight(registry: &Arc<Registry>, watch: &Arc<WatchPart>)
     let mut reported = 0;
     for (slot, id) in in_flight {
         let mine = slot
-            .parts_of(id)
+            .watched_parts_of(id)
             .is_some_and(|parts| parts.watches_with(watch));
         if mine && slot.mark_stuck(id) {
             report(registry, watch, &slot, id, Trigger::Shutdown);
@@ -132,13 +132,15 @@ fn fire(registry: &Arc<Registry>, slot: &Arc<Slot>, seen: Seen, now: u64) {
     let id = match seen {
         Seen::Running { id } | Seen::Stuck { id } | Seen::FinishedAfterStuck { id } => id,
     };
-    let Some(parts) = slot.parts_of(id) else {
+    let Some((parts, watched)) = slot.parts_and_watched(id) else {
         return;
     };
+    // A request the watchdog ignores is not reported, whatever its deadlines do.
+    let watch = parts.watch.as_deref().filter(|_| watched);
     match seen {
         Seen::FinishedAfterStuck { id } => {
-            if let Some(watch) = &parts.watch {
-                if let Some(report) = completion(registry, slot, id) {
+            if let Some(watch) = watch {
+                if let Some(report) = completion(registry, watch, slot, id) {
                     if watch.reporter.submit(report) {
                         watch.counters.completed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -151,9 +153,9 @@ fn fire(registry: &Arc<Registry>, slot: &Arc<Slot>, seen: Seen, now: u64) {
                 return;
             }
             if let Some(deadlines) = &parts.deadlines {
-                fire_deadlines(registry, deadlines, parts.watch.as_deref(), slot, id, now);
+                fire_deadlines(registry, deadlines, watch, slot, id, now);
             }
-            if let Some(watch) = &parts.watch {
+            if let Some(watch) = watch {
                 if slot.watch_due_ns() <= now && slot.mark_stuck(id) {
                     let capture = slot.reports() + 1;
                     let multiple = watch.recapture_at.get(capture as usize - 1);
@@ -292,7 +294,7 @@ fn slow_report(
     };
     let spans = crate::spans::snapshot(id);
     let now = registry.clock.now_ns();
-    let mut raw = describe(registry, slot, id, now)?;
+    let mut raw = describe(registry, &watch.capture, slot, id, now)?;
     raw.report.kind = ReportKind::Slow;
     raw.report.capture = capture;
     raw.report.thread = thread;
@@ -303,9 +305,9 @@ fn slow_report(
     Some(raw)
 }
 
-fn completion(registry: &Registry, slot: &Slot, id: u64) -> Option<RawReport> {
+fn completion(registry: &Registry, watch: &WatchPart, slot: &Slot, id: u64) -> Option<RawReport> {
     let (finished_ns, status) = slot.finished();
-    let mut raw = describe(registry, slot, id, finished_ns)?;
+    let mut raw = describe(registry, &watch.capture, slot, id, finished_ns)?;
     raw.report.kind = ReportKind::Completed;
     raw.report.capture = slot.reports();
     raw.report.completion = Some(Completion { status });
@@ -313,23 +315,26 @@ fn completion(registry: &Registry, slot: &Slot, id: u64) -> Option<RawReport> {
 }
 
 /// The request's description, or `None` if the slot no longer holds request `id`.
-fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<RawReport> {
+fn describe(
+    registry: &Registry,
+    capture: &RequestCapture,
+    slot: &Slot,
+    id: u64,
+    at_ns: u64,
+) -> Option<RawReport> {
     let occupant = slot.occupant();
-    if occupant.id != id {
+    if occupant.id != id || !occupant.watched {
         return None;
     }
     let meta = &occupant.request;
     let clock = &registry.clock;
     let started = slot.started_ns();
-    let headers: Vec<(String, String)> = meta.headers[..meta.header_count]
-        .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
-        .collect();
+    let RenderedRequest { uri, headers } = capture.render(meta);
     let host = headers
         .iter()
         .find(|(name, _)| name == "host")
         .map(|(_, value)| value.clone())
-        .or_else(|| authority_of(&meta.uri));
+        .or_else(|| authority_of(&uri));
     let report = SlowRequestReport {
         kind: ReportKind::Slow,
         request_id: id,
@@ -337,7 +342,7 @@ fn describe(registry: &Registry, slot: &Slot, id: u64, at_ns: u64) -> Option<Raw
         trigger: ReportTrigger::Threshold,
         intercepted_at: SystemTime::now(),
         method: meta.method.to_string(),
-        uri: meta.uri.clone(),
+        uri,
         version: meta.version,
         host,
         headers,

@@ -132,6 +132,8 @@ pub(crate) struct Slot {
 #[derive(Default)]
 pub(crate) struct Occupant {
     pub(crate) id: u64,
+    /// A watchdog watches the request, and `request` describes it.
+    pub(crate) watched: bool,
     pub(crate) request: RequestMeta,
     pub(crate) parts: Option<Arc<Parts>>,
 }
@@ -175,6 +177,26 @@ impl Slot {
         let occupant = self.occupant();
         (occupant.id == id)
             .then(|| occupant.parts.clone())
+            .flatten()
+    }
+
+    /// The parts of request `id` if a watchdog watches it (it was not ignored), or `None`.
+    pub(crate) fn watched_parts_of(&self, id: u64) -> Option<Arc<Parts>> {
+        self.parts_and_watched(id)
+            .and_then(|(parts, watched)| watched.then_some(parts))
+    }
+
+    /// The parts of request `id` and whether a watchdog watches it, or `None` if the slot has
+    /// moved on.
+    pub(crate) fn parts_and_watched(&self, id: u64) -> Option<(Arc<Parts>, bool)> {
+        let occupant = self.occupant();
+        (occupant.id == id)
+            .then(|| {
+                occupant
+                    .parts
+                    .clone()
+                    .map(|parts| (parts, occupant.watched))
+            })
             .flatten()
     }
 
@@ -451,8 +473,9 @@ impl Registry {
         self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a request that started at `started_ns` with events at `dues`;
-    /// `fill` writes the request's description into the slot's reused buffers.
+    /// Registers a request that started at `started_ns` with events at `dues`; for a watched
+    /// request (one with a watch due), `fill` writes its description into the slot's reused
+    /// buffers.
     pub(crate) fn register(
         self: &Arc<Self>,
         started_ns: u64,
@@ -483,6 +506,7 @@ impl Registry {
         let generation = generation.max(1);
         let id = (u64::from(generation) << 32) | u64::from(slot.number);
         let due_ns = dues.watch.min(dues.soft).min(dues.hard);
+        let watched = dues.watch != NEVER;
         slot.started_ns.store(started_ns, Ordering::Relaxed);
         slot.route_hash.store(route_hash, Ordering::Relaxed);
         slot.body_started_ns.store(0, Ordering::Relaxed);
@@ -500,6 +524,7 @@ impl Registry {
         {
             let mut occupant = slot.occupant();
             occupant.id = id;
+            occupant.watched = watched;
             if !occupant
                 .parts
                 .as_ref()
@@ -507,7 +532,9 @@ impl Registry {
             {
                 occupant.parts = Some(parts.clone());
             }
-            fill(&mut occupant.request);
+            if watched {
+                fill(&mut occupant.request);
+            }
         }
         slot.word
             .store(id << PHASE_BITS | RUNNING, Ordering::Release);
@@ -517,7 +544,7 @@ impl Registry {
             slot,
             id,
             shard,
-            watched: dues.watch != NEVER,
+            watched,
             long_lived_exempt: parts.watch.as_ref().is_none_or(|w| w.long_lived_exempt),
         }
     }

@@ -259,6 +259,50 @@ async fn fast_requests_and_ignored_routes_are_not_reported() {
         .is_some());
 }
 
+/// Under a `Vigil` the request of an ignored route is still registered, for its deadlines: the
+/// watchdog must neither report it (at the threshold or at a deadline) nor count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_routes_under_deadlines_get_their_503_and_no_report() {
+    init_tracing();
+    let collect = Collect::default();
+    let watchdog = WatchdogLayer::builder(THRESHOLD)
+        .sink(collect.clone())
+        .ignore_path("/health")
+        .build()
+        .unwrap();
+    let vigil = tower_vigil::Vigil::new()
+        .watchdog(watchdog.clone())
+        .timebox(tower_vigil::timebox::TimeboxLayer::new(
+            Duration::from_millis(600),
+        ));
+    let slow = || async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        "slow on purpose"
+    };
+    let app = Router::new()
+        .route("/health", get(slow))
+        .route("/work", get(slow))
+        .layer(vigil);
+    let addr = serve(app).await;
+    let health = tokio::spawn(async move { http_get(addr, "/health", &[]).await });
+    tokio::time::sleep(THRESHOLD * 2).await;
+    assert_eq!(
+        watchdog.stats().in_flight,
+        0,
+        "an ignored request is not the watchdog's"
+    );
+    assert_eq!(health.await.unwrap().0, 503);
+    tokio::time::sleep(THRESHOLD).await;
+    assert!(collect.all().is_empty(), "{:?}", collect.all());
+    // The control: the same handler on a watched route is reported, at the threshold and at
+    // its deadlines.
+    assert_eq!(http_get(addr, "/work", &[]).await.0, 503);
+    let report = collect
+        .wait_for(PATIENCE, |r| r.kind == ReportKind::Slow)
+        .expect("a report of the watched route");
+    assert!(report.uri.ends_with("/work"), "{}", report.uri);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_a_report() {
     init_tracing();

@@ -76,32 +76,56 @@ fn matched_path<B>(_: &http::Request<B>) -> Option<&str> {
     None
 }
 
-/// Cuts `text` at `limit` bytes (on a character boundary) with a mark giving the full length,
-/// and gives back a buffer that grew far past the limit.
-fn cap(text: &mut String, limit: usize) {
-    if text.len() > limit {
-        let total = text.len();
+/// Cuts `text` at `limit` bytes (on a character boundary), returning its full length when it
+/// was cut, and gives back a buffer that grew far past the limit.
+fn cut(text: &mut String, limit: usize) -> Option<usize> {
+    let total = text.len();
+    let cut = (total > limit).then(|| {
         let mut at = limit;
         while !text.is_char_boundary(at) {
             at -= 1;
         }
         text.truncate(at);
-        let _ = write!(text, "…[truncated, {total} bytes]");
-    }
+        total
+    });
     if text.capacity() > 2 * limit {
         text.shrink_to(limit + 64);
     }
+    cut
 }
 
-/// What a request looked like when it came in, copied into reused buffers at registration.
+/// What a request looked like when it came in, copied as received into reused buffers at
+/// registration. Secrets are still in it: only [`RequestCapture::render`] reads it, and that
+/// redacts, so the request path only copies bytes and the matching runs for slow requests alone.
 #[derive(Debug, Default)]
 pub(crate) struct RequestMeta {
     pub(crate) method: http::Method,
     pub(crate) version: http::Version,
-    pub(crate) uri: String,
+    /// `scheme://authority/path?query`, at most [`URI_LIMIT`] bytes of it.
+    uri: String,
+    /// The URI's full length, when it was cut.
+    uri_cut_from: Option<usize>,
     pub(crate) route_key: String,
-    pub(crate) headers: Vec<(HeaderName, String)>,
-    pub(crate) header_count: usize,
+    headers: Vec<HeaderCopy>,
+    header_count: usize,
+}
+
+/// One configured header of a request, as received.
+#[derive(Debug, Default)]
+struct HeaderCopy {
+    /// Its place in [`RequestCapture::headers`], which holds its name.
+    config_index: usize,
+    /// At most [`HEADER_VALUE_LIMIT`] bytes of the value; empty when the value is redacted.
+    value: Vec<u8>,
+    /// The value's full length.
+    len: usize,
+}
+
+/// A request's description as reports show it, secrets redacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RenderedRequest {
+    pub(crate) uri: String,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 /// Which request parts a report carries and which secrets it hides.
@@ -154,7 +178,8 @@ impl RequestCapture {
         }
     }
 
-    /// Copies the request line and the selected headers, redacting secrets on the way in.
+    /// Copies the request line and the selected headers as they are; values of redacted
+    /// headers are not copied at all.
     pub(crate) fn fill<B>(&self, request: &http::Request<B>, meta: &mut RequestMeta) {
         meta.method.clone_from(request.method());
         meta.version = request.version();
@@ -168,52 +193,81 @@ impl RequestCapture {
         if let Some(authority) = uri.authority() {
             meta.uri.push_str(authority.as_str());
         }
-        meta.uri.push_str(uri.path());
+        match uri.path_and_query() {
+            Some(path_and_query) => meta.uri.push_str(path_and_query.as_str()),
+            None => meta.uri.push_str(uri.path()),
+        }
+        meta.uri_cut_from = cut(&mut meta.uri, URI_LIMIT);
         match matched_path(request) {
             Some(route) => meta.route_key.push_str(route),
             None => meta.route_key.push_str(uri.path()),
         }
-        if let Some(query) = uri.query() {
-            meta.uri.push('?');
-            self.push_redacted_query(query, &mut meta.uri);
+        if let Some(total) = cut(&mut meta.route_key, URI_LIMIT) {
+            let _ = write!(meta.route_key, "…[truncated, {total} bytes]");
         }
-        cap(&mut meta.uri, URI_LIMIT);
-        cap(&mut meta.route_key, URI_LIMIT);
         meta.header_count = 0;
         // One pass over the request's few headers beats a hash lookup per configured name.
         for (name, value) in request.headers() {
-            let Some(&(_, redacted)) = self.headers.iter().find(|(wanted, _)| wanted == name)
+            let Some(config_index) = self.headers.iter().position(|(wanted, _)| wanted == name)
             else {
                 continue;
             };
             if meta.header_count == meta.headers.len() {
-                meta.headers.push((name.clone(), String::new()));
+                meta.headers.push(HeaderCopy::default());
             }
-            let entry = &mut meta.headers[meta.header_count];
-            if entry.0 != name {
-                entry.0.clone_from(name);
+            let copy = &mut meta.headers[meta.header_count];
+            copy.config_index = config_index;
+            copy.value.clear();
+            let bytes = value.as_bytes();
+            copy.len = bytes.len();
+            if !self.headers[config_index].1 {
+                copy.value
+                    .extend_from_slice(&bytes[..bytes.len().min(HEADER_VALUE_LIMIT)]);
             }
-            entry.1.clear();
-            if redacted {
-                entry.1.push_str(REDACTED);
-            } else if name == header::REFERER {
-                // The previous page's URL carries its query, tokens and all.
-                self.push_referer(value, &mut entry.1);
-            } else {
-                push_header_value(value, &mut entry.1);
-            }
-            if entry.1.capacity() > 2 * HEADER_VALUE_LIMIT {
-                entry.1.shrink_to(HEADER_VALUE_LIMIT + 64);
+            if copy.value.capacity() > 2 * HEADER_VALUE_LIMIT {
+                copy.value.shrink_to(HEADER_VALUE_LIMIT);
             }
             meta.header_count += 1;
         }
     }
 
-    fn push_referer(&self, value: &http::HeaderValue, out: &mut String) {
-        let bytes = value.as_bytes();
-        let plain = bytes.len() <= HEADER_VALUE_LIMIT
-            && bytes.iter().all(|&b| b == b' ' || b.is_ascii_graphic());
-        match std::str::from_utf8(bytes).ok().filter(|_| plain) {
+    /// The request as a report shows it: query parameters, headers and the referer's query
+    /// redacted, control characters escaped, long values cut with a visible mark.
+    pub(crate) fn render(&self, meta: &RequestMeta) -> RenderedRequest {
+        let mut uri = String::with_capacity(meta.uri.len() + 16);
+        match meta.uri.split_once('?') {
+            Some((page, query)) => {
+                uri.push_str(page);
+                uri.push('?');
+                self.push_redacted_query(query, &mut uri);
+            }
+            None => uri.push_str(&meta.uri),
+        }
+        if let Some(total) = meta.uri_cut_from {
+            let _ = write!(uri, "…[truncated, {total} bytes]");
+        }
+        let headers = meta.headers[..meta.header_count]
+            .iter()
+            .map(|copy| {
+                let (name, redacted) = &self.headers[copy.config_index];
+                let mut value = String::new();
+                if *redacted {
+                    value.push_str(REDACTED);
+                } else if name == header::REFERER {
+                    // The previous page's URL carries its query, tokens and all.
+                    self.push_referer(&copy.value, copy.len, &mut value);
+                } else {
+                    push_header_value(&copy.value, copy.len, &mut value);
+                }
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        RenderedRequest { uri, headers }
+    }
+
+    fn push_referer(&self, shown: &[u8], len: usize, out: &mut String) {
+        let plain = len == shown.len() && shown.iter().all(|&b| b == b' ' || b.is_ascii_graphic());
+        match std::str::from_utf8(shown).ok().filter(|_| plain) {
             Some(text) => match text.split_once('?') {
                 Some((page, query)) => {
                     out.push_str(page);
@@ -222,9 +276,9 @@ impl RequestCapture {
                 }
                 None => out.push_str(text),
             },
-            // Too long or not plain text: nothing of it is worth the risk.
-            None if bytes.contains(&b'?') => out.push_str(REDACTED),
-            None => push_header_value(value, out),
+            // Cut or not plain text: nothing of it is worth the risk.
+            None if shown.contains(&b'?') => out.push_str(REDACTED),
+            None => push_header_value(shown, len, out),
         }
     }
 
@@ -327,11 +381,9 @@ fn decoded(raw: &[u8]) -> impl Iterator<Item = u8> + '_ {
 }
 
 /// Header values are usually ASCII; anything else is shown lossily, and control characters are
-/// escaped so a value cannot forge lines in a text report. At most [`HEADER_VALUE_LIMIT`] bytes
-/// of the value are read, so a huge header costs nothing more than a short one.
-fn push_header_value(value: &http::HeaderValue, out: &mut String) {
-    let bytes = value.as_bytes();
-    let shown = &bytes[..bytes.len().min(HEADER_VALUE_LIMIT)];
+/// escaped so a value cannot forge lines in a text report. `shown` is what was copied of a value
+/// `len` bytes long.
+fn push_header_value(shown: &[u8], len: usize, out: &mut String) {
     let start = out.len();
     if shown.iter().all(|&b| b == b' ' || b.is_ascii_graphic()) {
         // The common case: printable ASCII, copied as it is.
@@ -339,8 +391,8 @@ fn push_header_value(value: &http::HeaderValue, out: &mut String) {
     } else {
         push_escaped(shown, out, start);
     }
-    if bytes.len() > shown.len() {
-        let _ = write!(out, "…[truncated, {} bytes]", bytes.len());
+    if len > shown.len() {
+        let _ = write!(out, "…[truncated, {len} bytes]");
     }
 }
 
@@ -385,7 +437,7 @@ mod tests {
         let request = http::Request::get(uri).body(()).unwrap();
         let mut meta = RequestMeta::default();
         capture.fill(&request, &mut meta);
-        meta.uri
+        capture.render(&meta).uri
     }
 
     #[test]
@@ -396,15 +448,16 @@ mod tests {
             .body(())
             .unwrap();
         let mut meta = RequestMeta::default();
-        capture(&["ticket"]).fill(&request, &mut meta);
+        let capture = capture(&["ticket"]);
+        capture.fill(&request, &mut meta);
+        // The secret header's value is never copied; the query is redacted when rendered.
+        assert!(!format!("{meta:?}").contains("Bearer"));
+        let rendered = capture.render(&meta);
         assert_eq!(
-            meta.uri,
+            rendered.uri,
             "/a?ticket=[redacted]&x=1&my%5Fticket=[redacted]&flag"
         );
-        let headers: Vec<_> = meta.headers[..meta.header_count]
-            .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.clone()))
-            .collect();
+        let headers = rendered.headers;
         assert!(headers.contains(&("authorization".into(), REDACTED.into())));
         assert!(headers.contains(&("host".into(), "example.com".into())));
         assert!(!format!("{headers:?}").contains("abc"));
@@ -422,7 +475,7 @@ mod tests {
         let uri_capacity = meta.uri.capacity();
         let short = http::Request::get("/b").body(()).unwrap();
         capture.fill(&short, &mut meta);
-        assert_eq!(meta.uri, "/b");
+        assert_eq!(capture.render(&meta).uri, "/b");
         assert_eq!(meta.header_count, 0);
         assert_eq!(meta.uri.capacity(), uri_capacity);
     }
@@ -528,7 +581,9 @@ mod tests {
             .unwrap();
         let mut meta = RequestMeta::default();
         capture.fill(&request, &mut meta);
-        let headers: Vec<_> = meta.headers[..meta.header_count]
+        let headers: Vec<_> = capture
+            .render(&meta)
+            .headers
             .iter()
             .map(|(n, v)| format!("{n}: {v}"))
             .collect();
@@ -542,5 +597,60 @@ mod tests {
                 "referer: https://example.com/login?next=/a&token=[redacted]",
             ]
         );
+    }
+
+    #[test]
+    fn long_values_are_cut_with_their_full_length() {
+        let capture = RequestCapture::new(vec![header::USER_AGENT], &[], &[], &[]);
+        let long_query = format!("/a?token=s3cret&pad={}", "x".repeat(URI_LIMIT));
+        let request = http::Request::get(long_query.as_str())
+            .header("user-agent", "u".repeat(HEADER_VALUE_LIMIT + 10))
+            .body(())
+            .unwrap();
+        let mut meta = RequestMeta::default();
+        capture.fill(&request, &mut meta);
+        let rendered = capture.render(&meta);
+        assert!(rendered.uri.starts_with("/a?token=[redacted]&pad=xxx"));
+        assert!(rendered
+            .uri
+            .ends_with(&format!("…[truncated, {} bytes]", long_query.len())));
+        assert!(!rendered.uri.contains("s3cret"));
+        let (_, agent) = &rendered.headers[0];
+        assert_eq!(
+            agent.len(),
+            HEADER_VALUE_LIMIT + "…[truncated, 1034 bytes]".len()
+        );
+        assert!(agent.ends_with("…[truncated, 1034 bytes]"));
+    }
+
+    #[test]
+    fn a_cut_referer_with_a_query_is_redacted_whole() {
+        let capture = RequestCapture::new(vec![header::REFERER], &[], &[], &[]);
+        let referer = format!(
+            "https://e.com/p?token=t0k&pad={}",
+            "x".repeat(HEADER_VALUE_LIMIT)
+        );
+        let request = http::Request::get("/")
+            .header("referer", referer)
+            .body(())
+            .unwrap();
+        let mut meta = RequestMeta::default();
+        capture.fill(&request, &mut meta);
+        assert_eq!(capture.render(&meta).headers[0].1, REDACTED);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_when_rendered() {
+        let capture = RequestCapture::new(vec![header::USER_AGENT], &[], &[], &[]);
+        let request = http::Request::get("/")
+            .header(
+                "user-agent",
+                http::HeaderValue::from_bytes(b"a\tb\xffc").unwrap(),
+            )
+            .body(())
+            .unwrap();
+        let mut meta = RequestMeta::default();
+        capture.fill(&request, &mut meta);
+        assert_eq!(capture.render(&meta).headers[0].1, "a\\u{9}b\u{fffd}c");
     }
 }

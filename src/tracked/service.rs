@@ -105,6 +105,10 @@ impl<S> Tracked<S> {
             }
         }
         let watched = match &parts.watch {
+            // Moving the request costs a copy of a few hundred bytes: only a predicate needs it.
+            Some(watch) if watch.filter.predicate.is_none() => {
+                !watch.filter.ignores_path(request.uri().path())
+            }
             Some(watch) => {
                 let (checked, ignored) = watch.filter.check(request);
                 request = checked;

@@ -145,7 +145,7 @@ impl WatchdogLayer {
                 Seen::FinishedAfterStuck { .. } => return,
             };
             let mine = slot
-                .parts_of(id)
+                .watched_parts_of(id)
                 .is_some_and(|parts| parts.watches_with(&running.part));
             if mine {
                 in_flight += 1;

@@ -40,11 +40,15 @@ pub(crate) struct Filter {
 }
 
 impl Filter {
+    /// Whether a path pattern ignores `path`.
+    pub(crate) fn ignores_path(&self, path: &str) -> bool {
+        self.paths.iter().any(|pattern| glob_match(pattern, path))
+    }
+
     /// Returns the request (taken apart and put back together only when a predicate needs
     /// its parts) and whether it is ignored.
     pub(crate) fn check<B>(&self, request: Request<B>) -> (Request<B>, bool) {
-        let path = request.uri().path();
-        if self.paths.iter().any(|pattern| glob_match(pattern, path)) {
+        if self.ignores_path(request.uri().path()) {
             return (request, true);
         }
         match &self.predicate {
