@@ -19,8 +19,7 @@ use crate::profiler::Mode;
 pub struct WatchdogConfig {
     /// Whether the watchdog watches requests. Default: true.
     pub enabled: bool,
-    /// Time after which a request still running is reported. Default: 25 s
-    /// ([`WatchdogConfig::DEFAULT_THRESHOLD`]).
+    /// Time after which a request still running is reported. Default: 25 s.
     #[serde(with = "humantime_serde")]
     pub threshold: Duration,
     /// Multiples of the threshold at which a request still running is captured again: each
@@ -38,7 +37,7 @@ pub struct WatchdogConfig {
     /// Bound of the queue between the monitor and the reporter thread. Default: 256.
     pub queue_capacity: usize,
     /// Headers copied into reports. Default: host, user-agent, referer, content-type,
-    /// content-length, x-request-id ([`WatchdogConfig::DEFAULT_REPORT_HEADERS`]).
+    /// content-length, x-request-id.
     pub report_headers: Vec<String>,
     /// More headers whose values are redacted in reports (Authorization, Cookie, Set-Cookie and
     /// Proxy-Authorization always are). Default: none.
@@ -81,15 +80,15 @@ impl Default for WatchdogConfig {
 impl WatchdogConfig {
     /// The default threshold, 25 s: dogslow's default, 5 s before gunicorn's (and Heroku's)
     /// 30 s limit, so the report is out before the supervisor kills the worker.
-    pub const DEFAULT_THRESHOLD: Duration = Duration::from_secs(25);
+    pub(crate) const DEFAULT_THRESHOLD: Duration = Duration::from_secs(25);
     /// Default multiples of the threshold at which a still-running request is captured again.
-    pub const DEFAULT_RECAPTURE_AT: [u32; 2] = [2, 4];
+    pub(crate) const DEFAULT_RECAPTURE_AT: [u32; 2] = [2, 4];
     /// Default time to wait for the signal handler of a polling thread.
-    pub const DEFAULT_CAPTURE_TIMEOUT: Duration = Duration::from_millis(250);
+    pub(crate) const DEFAULT_CAPTURE_TIMEOUT: Duration = Duration::from_millis(250);
     /// Default bound of the queue between the monitor and the reporter thread.
-    pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+    pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 256;
     /// Headers copied into reports by default. Secret ones among them are redacted.
-    pub const DEFAULT_REPORT_HEADERS: [&'static str; 6] = [
+    pub(crate) const DEFAULT_REPORT_HEADERS: [&'static str; 6] = [
         "host",
         "user-agent",
         "referer",
@@ -192,7 +191,8 @@ pub struct TimeboxConfig {
     pub grace: Option<Duration>,
     /// Status of the timeout response, a 5xx. Default: 503.
     pub status: u16,
-    /// Body of the timeout response. Default: [`TimeboxConfig::DEFAULT_BODY`].
+    /// Body of the timeout response. Default:
+    /// `"Service Unavailable: the request took too long.\n"`.
     pub body: String,
     /// `Retry-After` of the timeout response; `None` for no header. Default: 5 s.
     #[serde(with = "humantime_serde")]
@@ -244,24 +244,24 @@ impl Default for TimeboxConfig {
 impl TimeboxConfig {
     /// Default time between the soft and the hard deadline, for deadlines of 10 s and more;
     /// shorter deadlines get a fifth of the hard deadline.
-    pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+    pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(2);
     /// Default margin kept between the hard deadline and the supervisor's kill, for
     /// supervisor timeouts of 30 s and more; shorter ones get a tenth.
-    pub const DEFAULT_SAFETY_MARGIN: Duration = Duration::from_secs(3);
+    pub(crate) const DEFAULT_SAFETY_MARGIN: Duration = Duration::from_secs(3);
     /// Default status of the timeout response: 503 Service Unavailable.
-    pub const DEFAULT_STATUS: u16 = 503;
+    pub(crate) const DEFAULT_STATUS: u16 = 503;
     /// Default body of the timeout response.
-    pub const DEFAULT_BODY: &'static str = "Service Unavailable: the request took too long.\n";
+    pub(crate) const DEFAULT_BODY: &'static str = "Service Unavailable: the request took too long.\n";
     /// Default `Retry-After` of the timeout response.
-    pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+    pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
     /// The soft and the hard deadline, in that order, from `hard_deadline` or
     /// `supervisor_timeout` and from `soft_deadline` or `grace`:
     ///
-    /// - hard = `supervisor_timeout` less [`TimeboxConfig::DEFAULT_SAFETY_MARGIN`], or a tenth
+    /// - hard = `supervisor_timeout` less a safety margin of 3 s, or a tenth
     ///   of it when that is smaller (30 s gives 27 s);
     /// - soft = `soft_deadline`, or hard less `grace`, whose default is
-    ///   [`TimeboxConfig::DEFAULT_GRACE`] or a fifth of hard when that is smaller.
+    ///   2 s or a fifth of hard when that is smaller.
     pub fn resolved_deadlines(&self) -> Result<(Duration, Duration), ConfigError> {
         let hard = match (self.hard_deadline, self.supervisor_timeout) {
             (Some(hard), None) => {
@@ -429,27 +429,27 @@ impl Default for ProfilerConfig {
 
 impl ProfilerConfig {
     /// Default query parameter that triggers a profile: `__profile__`.
-    pub const DEFAULT_PARAM: &'static str = "__profile__";
+    pub(crate) const DEFAULT_PARAM: &'static str = "__profile__";
     /// Default header that triggers a profile: `x-vigil-profile`.
-    pub const DEFAULT_HEADER: &'static str = "x-vigil-profile";
+    pub(crate) const DEFAULT_HEADER: &'static str = "x-vigil-profile";
     /// Default sampling rate, 997 Hz: about a thousand samples per second of request, enough
     /// for a useful graph of a 100 ms request; a prime, so that sampling does not run in
     /// lockstep with periodic work at round rates.
-    pub const DEFAULT_RATE_HZ: u32 = 997;
+    pub(crate) const DEFAULT_RATE_HZ: u32 = 997;
     /// Highest sampling rate accepted.
     pub const MAX_RATE_HZ: u32 = 10_000;
     /// Default longest time a profile answered at once samples its request: 30 s.
-    pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(30);
+    pub(crate) const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(30);
     /// Default longest time a background profile samples its request: 10 minutes.
-    pub const DEFAULT_BACKGROUND_MAX_DURATION: Duration = Duration::from_secs(600);
+    pub(crate) const DEFAULT_BACKGROUND_MAX_DURATION: Duration = Duration::from_secs(600);
     /// Default number of profiles that may run at once: 1.
-    pub const DEFAULT_MAX_CONCURRENT: usize = 1;
+    pub(crate) const DEFAULT_MAX_CONCURRENT: usize = 1;
     /// Most profiles that can run at once in one process, whatever the configuration.
     pub const MAX_CONCURRENT_LIMIT: usize = crate::stack::MAX_SAMPLER_SESSIONS;
     /// Default number of background profiles kept in the output directory: 50.
-    pub const DEFAULT_RETAIN: usize = 50;
+    pub(crate) const DEFAULT_RETAIN: usize = 50;
     /// Default path of the index of background profiles: `/__vigil/profiles`.
-    pub const DEFAULT_INDEX_PATH: &'static str = "/__vigil/profiles";
+    pub(crate) const DEFAULT_INDEX_PATH: &'static str = "/__vigil/profiles";
 
     /// Checks every setting; the error names the first one at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {

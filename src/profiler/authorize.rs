@@ -36,7 +36,7 @@ impl Authorize for DenyAll {
     }
 }
 
-/// Authorizes requests whose header (by default [`SharedSecret::DEFAULT_HEADER`]) carries a
+/// Authorizes requests whose header (by default `x-vigil-secret`) carries a
 /// shared secret, compared in constant time.
 ///
 /// The comparison takes the same time for every value of the same length as the secret; a
@@ -50,7 +50,7 @@ pub struct SharedSecret {
 
 impl SharedSecret {
     /// Default header that carries the secret: `x-vigil-secret`.
-    pub const DEFAULT_HEADER: &'static str = "x-vigil-secret";
+    pub(crate) const DEFAULT_HEADER: &'static str = "x-vigil-secret";
 
     /// Accepts requests whose secret header equals `secret`.
     ///
@@ -69,7 +69,7 @@ impl SharedSecret {
         }
     }
 
-    /// The header that carries the secret. Default: [`SharedSecret::DEFAULT_HEADER`].
+    /// The header that carries the secret. Default: `x-vigil-secret`.
     pub fn header(mut self, header: HeaderName) -> Self {
         self.header = header;
         self

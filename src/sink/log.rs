@@ -34,9 +34,9 @@ impl LogSink {
     }
 
     /// The default level: [`Level::WARN`].
-    pub const DEFAULT_LEVEL: Level = Level::WARN;
+    pub(crate) const DEFAULT_LEVEL: Level = Level::WARN;
 
-    /// A sink logging at [`LogSink::DEFAULT_LEVEL`] with the full text report.
+    /// A sink logging at `WARN` with the full text report.
     pub fn new() -> Self {
         Self {
             level: Self::DEFAULT_LEVEL,
@@ -44,7 +44,7 @@ impl LogSink {
         }
     }
 
-    /// Sets the level of the events. Default: [`LogSink::DEFAULT_LEVEL`].
+    /// Sets the level of the events. Default: `WARN`.
     pub fn level(mut self, level: Level) -> Self {
         self.level = level;
         self

@@ -106,9 +106,8 @@ use crate::report::SlowRequestReport;
 ///
 /// # Throttle and digest
 ///
-/// At most [`DEFAULT_THROTTLE_PER_ROUTE`](EmailSink::DEFAULT_THROTTLE_PER_ROUTE) mails per
-/// signature and [`DEFAULT_THROTTLE_TOTAL`](EmailSink::DEFAULT_THROTTLE_TOTAL) in all go out
-/// per sliding window of [`DEFAULT_THROTTLE_WINDOW`](EmailSink::DEFAULT_THROTTLE_WINDOW). The
+/// By default at most 10 mails per signature and 30 in all go out per sliding window of
+/// 5 minutes. The
 /// signature is the route with ids collapsed plus where the request is stuck, so 200 requests
 /// to `/users/1`, `/users/2`, … stuck in one function share one budget, and the same route
 /// stuck somewhere else has its own. Reports held back are counted, by signature, in one
@@ -195,20 +194,20 @@ impl std::error::Error for EmailError {}
 
 impl EmailSink {
     /// The default subject template. See [`EmailSink::subject`].
-    pub const DEFAULT_SUBJECT: &'static str = "[vigil] {summary} on {hostname} [{signature}]";
+    pub(crate) const DEFAULT_SUBJECT: &'static str = "[vigil] {summary} on {hostname} [{signature}]";
     /// Default mails per signature and window: 10.
-    pub const DEFAULT_THROTTLE_PER_ROUTE: u32 = 10;
+    pub(crate) const DEFAULT_THROTTLE_PER_ROUTE: u32 = 10;
     /// Default mails per window over all signatures: 30, so that slow requests stuck in many
     /// places at once are held back too.
-    pub const DEFAULT_THROTTLE_TOTAL: u32 = 30;
+    pub(crate) const DEFAULT_THROTTLE_TOTAL: u32 = 30;
     /// Default throttle window: 5 minutes.
-    pub const DEFAULT_THROTTLE_WINDOW: Duration = Duration::from_secs(300);
+    pub(crate) const DEFAULT_THROTTLE_WINDOW: Duration = Duration::from_secs(300);
     /// Default retries after a failed attempt: 3 (4 attempts in all).
-    pub const DEFAULT_RETRIES: u32 = 3;
+    pub(crate) const DEFAULT_RETRIES: u32 = 3;
     /// Default wait before the first retry: 2 s, doubled for each further retry.
-    pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(2);
+    pub(crate) const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(2);
     /// Default bound of the mail queue: 256 mails.
-    pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+    pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 256;
 
     /// Sends through the SMTP server of a URL such as
     /// `smtp://user:secret@mail.example.com:587?tls=starttls`; see [`SmtpConfig::from_url`]
@@ -357,7 +356,8 @@ impl EmailSink {
     /// `{signature}` (12 hex digits, the same for requests stuck in the same place) and
     /// `{signature_text}` (what it is made of, such as `GET /users/{n} @ app::load`);
     /// `{{` and `}}` for braces. Control characters in the result are escaped and it is cut
-    /// at 200 characters. Default: [`EmailSink::DEFAULT_SUBJECT`].
+    /// at 200 characters. Default:
+    /// `"[vigil] {summary} on {hostname} [{signature}]"`.
     ///
     /// # Errors
     ///
@@ -385,8 +385,8 @@ impl EmailSink {
     }
 
     /// At most `per_route` (at least 1) mails per signature (the route with ids collapsed and
-    /// where the request is stuck) in any `window` (more than zero). Default: [`EmailSink::DEFAULT_THROTTLE_PER_ROUTE`] per
-    /// [`EmailSink::DEFAULT_THROTTLE_WINDOW`]. The digest of what is held back goes out one
+    /// where the request is stuck) in any `window` (more than zero). Default: 10 per
+    /// 5 minutes. The digest of what is held back goes out one
     /// window after the first report it holds at the latest.
     pub fn throttle(mut self, per_route: u32, window: Duration) -> Self {
         self.throttle.per_route = per_route;
@@ -395,28 +395,28 @@ impl EmailSink {
     }
 
     /// At most `total` (at least 1) mails per window over all signatures (digests not
-    /// counted). Default: [`EmailSink::DEFAULT_THROTTLE_TOTAL`].
+    /// counted). Default: 30.
     pub fn throttle_total(mut self, total: u32) -> Self {
         self.throttle.total = total;
         self
     }
 
     /// Retries after a failed attempt before the report goes to the fallback sinks. Default:
-    /// [`EmailSink::DEFAULT_RETRIES`].
+    /// 3.
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
     }
 
     /// Wait before the first retry, doubled for each further one (at most 5 minutes). Default:
-    /// [`EmailSink::DEFAULT_RETRY_BACKOFF`].
+    /// 2 s.
     pub fn retry_backoff(mut self, backoff: Duration) -> Self {
         self.backoff = backoff;
         self
     }
 
     /// Bound of the queue of mails waiting to be sent (at least 1); a report that finds it
-    /// full goes to the fallback sinks. Default: [`EmailSink::DEFAULT_QUEUE_CAPACITY`].
+    /// full goes to the fallback sinks. Default: 256.
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = capacity;
         self

@@ -115,7 +115,8 @@ impl TlsMode {
 pub struct SmtpConfig {
     host: String,
     port: Option<u16>,
-    /// `None`: chosen by the host, see [`SmtpConfig::DEFAULT_TLS`].
+    /// `None`: chosen by the host: [`TlsMode::StartTls`], or
+    /// [`TlsMode::Opportunistic`] for a loopback host.
     tls: Option<TlsMode>,
     credentials: Option<(String, String)>,
     connect_timeout: Duration,
@@ -127,19 +128,19 @@ pub struct SmtpConfig {
 impl SmtpConfig {
     /// Default time to connect, finish the TLS handshake (implicit TLS), and read the greeting
     /// and the answer to EHLO: 10 s.
-    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default time the server has to answer each later command (STARTTLS, AUTH, MAIL, RCPT,
     /// DATA, QUIT): 30 s.
-    pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+    pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default protection of the connection to a host that is not a loopback address:
     /// [`TlsMode::StartTls`].
-    pub const DEFAULT_TLS: TlsMode = TlsMode::StartTls;
+    pub(crate) const DEFAULT_TLS: TlsMode = TlsMode::StartTls;
     /// Default protection of the connection to a loopback host (`127.0.0.0/8`, `::1`,
     /// `localhost`), such as a local relay: [`TlsMode::Opportunistic`], on port 25.
-    pub const DEFAULT_LOOPBACK_TLS: TlsMode = TlsMode::Opportunistic;
+    pub(crate) const DEFAULT_LOOPBACK_TLS: TlsMode = TlsMode::Opportunistic;
 
-    /// A server at `host` (a name or an IP address), with [`SmtpConfig::DEFAULT_TLS`] (or
-    /// [`SmtpConfig::DEFAULT_LOOPBACK_TLS`] for a loopback host), no credentials and the
+    /// A server at `host` (a name or an IP address), with [`TlsMode::StartTls`] (or
+    /// [`TlsMode::Opportunistic`] for a loopback host), no credentials and the
     /// default timeouts.
     pub fn new(host: impl Into<String>) -> Self {
         Self {
@@ -239,8 +240,8 @@ impl SmtpConfig {
         self
     }
 
-    /// Sets the TLS mode. Default: [`SmtpConfig::DEFAULT_TLS`], or
-    /// [`SmtpConfig::DEFAULT_LOOPBACK_TLS`] for a loopback host.
+    /// Sets the TLS mode. Default: [`TlsMode::StartTls`], or
+    /// [`TlsMode::Opportunistic`] for a loopback host.
     pub fn tls(mut self, tls: TlsMode) -> Self {
         self.tls = Some(tls);
         self
@@ -253,14 +254,14 @@ impl SmtpConfig {
     }
 
     /// Time to connect and to read the greeting and the EHLO answer (and, for implicit TLS,
-    /// to finish the handshake). Default: [`SmtpConfig::DEFAULT_CONNECT_TIMEOUT`].
+    /// to finish the handshake). Default: 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// Time the server has to answer each later command. Default:
-    /// [`SmtpConfig::DEFAULT_COMMAND_TIMEOUT`].
+    /// 30 s.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
