@@ -251,7 +251,8 @@ impl TimeboxConfig {
     /// Default status of the timeout response: 503 Service Unavailable.
     pub(crate) const DEFAULT_STATUS: u16 = 503;
     /// Default body of the timeout response.
-    pub(crate) const DEFAULT_BODY: &'static str = "Service Unavailable: the request took too long.\n";
+    pub(crate) const DEFAULT_BODY: &'static str =
+        "Service Unavailable: the request took too long.\n";
     /// Default `Retry-After` of the timeout response.
     pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 

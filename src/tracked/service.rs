@@ -45,8 +45,8 @@ impl<S> Tracked<S> {
         S::Error: Send + 'static,
     {
         match self.start(request) {
-            Started::Done(future) => future,
-            Started::Registered {
+            Admission::Answered(future) => future,
+            Admission::Registered {
                 future,
                 registration,
                 active,
@@ -57,7 +57,7 @@ impl<S> Tracked<S> {
             {
                 TrackedFuture::spawned(future, registration, active, part)
             }
-            Started::Registered {
+            Admission::Registered {
                 future,
                 registration,
                 active,
@@ -72,8 +72,8 @@ impl<S> Tracked<S> {
         S: Service<Request<B>>,
     {
         match self.start(request) {
-            Started::Done(future) => future,
-            Started::Registered {
+            Admission::Answered(future) => future,
+            Admission::Registered {
                 future,
                 registration,
                 active,
@@ -83,24 +83,24 @@ impl<S> Tracked<S> {
     }
 
     /// Sheds, filters, registers and calls the inner service.
-    fn start<B>(&mut self, mut request: Request<B>) -> Started<S::Future>
+    fn start<B>(&mut self, mut request: Request<B>) -> Admission<S::Future>
     where
         S: Service<Request<B>>,
     {
         let Some(parts) = &self.parts else {
-            return Started::Done(TrackedFuture::passthrough(self.inner.call(request)));
+            return Admission::Answered(TrackedFuture::passthrough(self.inner.call(request)));
         };
         let deadlines = parts.deadlines.as_ref();
         if deadlines.is_some() && request.extensions().get::<ExemptFromDeadlines>().is_some() {
             // Run under another layer's rules (the profiler's thread): no deadline, no watch.
-            return Started::Done(TrackedFuture::passthrough(self.inner.call(request)));
+            return Admission::Answered(TrackedFuture::passthrough(self.inner.call(request)));
         }
         if let Some(part) = deadlines {
             if let Some(wait) = part.wait_timeout {
                 let waited = crate::timebox::shed::queue_time(request.headers(), SystemTime::now());
                 if waited.is_some_and(|waited| waited > wait) {
                     part.counters.shed.fetch_add(1, Ordering::Relaxed);
-                    return Started::Done(TrackedFuture::shed(part.clone()));
+                    return Admission::Answered(TrackedFuture::shed(part.clone()));
                 }
             }
         }
@@ -117,7 +117,7 @@ impl<S> Tracked<S> {
             None => false,
         };
         if !watched && deadlines.is_none() {
-            return Started::Done(TrackedFuture::passthrough(self.inner.call(request)));
+            return Admission::Answered(TrackedFuture::passthrough(self.inner.call(request)));
         }
         let now = Instant::now();
         let started = parts.registry.clock.ns_at(now);
@@ -157,7 +157,7 @@ impl<S> Tracked<S> {
             let _scope = Isolated::<S::Future>::scope(&registration, active);
             self.inner.call(request)
         };
-        Started::Registered {
+        Admission::Registered {
             future,
             registration,
             active,
@@ -166,9 +166,11 @@ impl<S> Tracked<S> {
     }
 }
 
-/// A request after registration, before its future is placed.
-enum Started<F: std::future::Future> {
-    Done(TrackedFuture<F>),
+/// How [`Tracked::start`] let a request in: answered without registration, or registered and
+/// waiting for its future to be placed.
+enum Admission<F: std::future::Future> {
+    /// Passed through, shed or exempt: the response future is ready to go.
+    Answered(TrackedFuture<F>),
     Registered {
         future: F,
         registration: Registration,

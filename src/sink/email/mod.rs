@@ -194,7 +194,8 @@ impl std::error::Error for EmailError {}
 
 impl EmailSink {
     /// The default subject template. See [`EmailSink::subject`].
-    pub(crate) const DEFAULT_SUBJECT: &'static str = "[vigil] {summary} on {hostname} [{signature}]";
+    pub(crate) const DEFAULT_SUBJECT: &'static str =
+        "[vigil] {summary} on {hostname} [{signature}]";
     /// Default mails per signature and window: 10.
     pub(crate) const DEFAULT_THROTTLE_PER_ROUTE: u32 = 10;
     /// Default mails per window over all signatures: 30, so that slow requests stuck in many
