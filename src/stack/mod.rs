@@ -172,9 +172,13 @@ pub(crate) struct PollScope {
 
 impl PollScope {
     pub(crate) fn enter(request_id: u64) -> Self {
+        // Only this thread writes its state (the signal handler reads it), so a load and a
+        // store do what a swap would, without a locked instruction on every poll.
         let previous = THREAD.with(|t| {
             t.last_entered.store(request_id, Ordering::Relaxed);
-            t.current_request.swap(request_id, Ordering::Relaxed)
+            let previous = t.current_request.load(Ordering::Relaxed);
+            t.current_request.store(request_id, Ordering::Relaxed);
+            previous
         });
         // The handler runs on this same thread; a compiler fence is enough to keep the store
         // ahead of the poll it describes.
@@ -208,7 +212,11 @@ pub(crate) fn coarse_now_ns() -> u64 {
 /// Makes `request` the request this thread works for, returning the one it replaces; for
 /// threads that work for a request outside its poll (see `crate::helpers`).
 pub(crate) fn set_current_request(request: u64) -> u64 {
-    let previous = THREAD.with(|t| t.current_request.swap(request, Ordering::Relaxed));
+    let previous = THREAD.with(|t| {
+        let previous = t.current_request.load(Ordering::Relaxed);
+        t.current_request.store(request, Ordering::Relaxed);
+        previous
+    });
     std::sync::atomic::compiler_fence(Ordering::SeqCst);
     previous
 }
