@@ -154,7 +154,19 @@ pub(crate) fn classify(function: Option<&str>, file: Option<&str>) -> FrameOrigi
     let Some(name) = function else {
         return FrameOrigin::System;
     };
-    let crate_name = leading_crate(name);
+    if !name.contains("::") {
+        // C symbols (libc, the loader, the signal trampoline), or an inlined Rust frame, which
+        // line-tables-only debug info names without its path (`poll`, `sleep`): the source
+        // file says whose it is.
+        return match file.filter(|f| f.ends_with(".rs")) {
+            Some(file) => crate_of_file(file).map_or(FrameOrigin::App, |c| classify_crate(&c)),
+            None => FrameOrigin::System,
+        };
+    }
+    classify_crate(leading_crate(name))
+}
+
+fn classify_crate(crate_name: &str) -> FrameOrigin {
     if crate_name == "tower_vigil" {
         FrameOrigin::Vigil
     } else if STD_CRATES.contains(&crate_name) {
@@ -164,17 +176,39 @@ pub(crate) fn classify(function: Option<&str>, file: Option<&str>) -> FrameOrigi
         || crate_name.starts_with("tokio_")
     {
         FrameOrigin::Framework
-    } else if !name.contains("::") {
-        // C symbols: libc, the loader, the signal trampoline, thread start-up.
-        let in_rust_source = file.is_some_and(|f| f.ends_with(".rs"));
-        if in_rust_source {
-            FrameOrigin::App
-        } else {
-            FrameOrigin::System
-        }
     } else {
         FrameOrigin::App
     }
+}
+
+/// The crate a source file belongs to, when its path shows it: the standard library's sources
+/// (`/rustc/<hash>/library/core/…`, or a toolchain's `rust/library/std/…`), a dependency in
+/// cargo's registry or git checkouts (`…/tokio-1.48.0/src/…`), or this crate's own sources.
+/// `None` for the application's files.
+fn crate_of_file(file: &str) -> Option<String> {
+    let file = file.replace('\\', "/");
+    if file.starts_with(concat!(env!("CARGO_MANIFEST_DIR"), "/src/")) {
+        return Some("tower_vigil".to_owned());
+    }
+    if let Some((_, rest)) = file.split_once("/library/") {
+        if file.starts_with("/rustc/") || file.contains("/rust/library/") {
+            let name = rest.split('/').next()?;
+            return Some(name.to_owned());
+        }
+    }
+    // `registry/src/<index>/<crate>-<version>/…` and `git/checkouts/<repository>-<hash>/…`.
+    let directory = if let Some((_, rest)) = file.split_once("/registry/src/") {
+        rest.split('/').nth(1)?
+    } else {
+        file.split_once("/git/checkouts/")?.1.split('/').next()?
+    };
+    // The version starts at the first `-` followed by a digit (`foo-bar-1.0.0-beta.1`).
+    let name = directory
+        .match_indices('-')
+        .find(|&(at, _)| directory[at + 1..].starts_with(|c: char| c.is_ascii_digit()))
+        .map(|(at, _)| &directory[..at])
+        .or_else(|| directory.rsplit_once('-').map(|(name, _)| name))?;
+    Some(name.replace('-', "_"))
 }
 
 const PRIMITIVES: &[&str] = &[
@@ -275,5 +309,77 @@ mod tests {
             FrameOrigin::Framework
         );
         assert_eq!(classify(None, None), FrameOrigin::System);
+    }
+
+    /// With line-tables-only debug info, inlined frames carry short names; their files tell
+    /// whose they are.
+    #[test]
+    fn short_inlined_names_are_classified_by_their_source_file() {
+        let registry = "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f";
+        assert_eq!(
+            classify(
+                Some("poll"),
+                Some(&format!("{registry}/tokio-1.48.0/src/time/sleep.rs"))
+            ),
+            FrameOrigin::Framework
+        );
+        assert_eq!(
+            classify(
+                Some("call"),
+                Some(&format!(
+                    "{registry}/tower-http-0.6.11/src/timeout/service.rs"
+                ))
+            ),
+            FrameOrigin::Framework
+        );
+        assert_eq!(
+            classify(
+                Some("sleep"),
+                Some(
+                    "/rustc/4eb161250e340c8f48f66e2b929ef4a5bed7c181/library/std/src/thread/mod.rs"
+                )
+            ),
+            FrameOrigin::Std
+        );
+        assert_eq!(
+            classify(
+                Some("next"),
+                Some("/home/u/.rustup/toolchains/stable-x86_64-unknown-linux-gnu/lib/rustlib/src/rust/library/core/src/iter/range.rs")
+            ),
+            FrameOrigin::Std
+        );
+        assert_eq!(
+            classify(
+                Some("poll"),
+                Some(&format!("{registry}/hyper-util-0.1.0-rc.1/src/client.rs"))
+            ),
+            FrameOrigin::Framework
+        );
+        assert_eq!(
+            classify(
+                Some("deserialize"),
+                Some(&format!("{registry}/serde_json-1.0.140/src/de.rs"))
+            ),
+            FrameOrigin::App,
+            "a dependency outside the framework lists is counted with the application"
+        );
+        assert_eq!(
+            classify(
+                Some("poll_watched"),
+                Some(concat!(env!("CARGO_MANIFEST_DIR"), "/src/registry.rs"))
+            ),
+            FrameOrigin::Vigil
+        );
+        assert_eq!(
+            classify(Some("load_report"), Some("/srv/app/src/handlers.rs")),
+            FrameOrigin::App
+        );
+        assert_eq!(
+            classify(
+                Some("clock_nanosleep"),
+                Some("../sysdeps/unix/sysv/linux/clock_nanosleep.c")
+            ),
+            FrameOrigin::System
+        );
     }
 }
