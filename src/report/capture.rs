@@ -1,5 +1,6 @@
-//! The request path: what a report keeps of a request, copied and redacted when the request
-//! registers, into buffers that are reused, so a request that is never slow allocates nothing.
+//! What a report keeps of a request. The request path copies the request line and the
+//! configured headers as received into buffers that are reused, so a request that is never slow
+//! allocates nothing and matches no secret names; rendering, for a report, redacts.
 
 use std::fmt::Write as _;
 

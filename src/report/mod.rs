@@ -6,7 +6,7 @@
 //! [`Duration`](std::time::Duration). [`SlowRequestReport::to_text`] renders it as text and its
 //! [`serde::Serialize`] form is the JSON the file sink writes.
 //!
-//! Secrets are redacted when the request is registered, so they never reach a report: the
+//! Secrets are redacted before any report is made, so they never reach a sink: the
 //! [`ALWAYS_REDACTED_HEADERS`], and every query parameter or configured header whose name is on
 //! the built-in list ([`SENSITIVE_NAME_FRAGMENTS`], [`SENSITIVE_NAMES`]) or added with
 //! [`WatchdogBuilder::redact_query_param`](crate::watchdog::WatchdogBuilder::redact_query_param).
