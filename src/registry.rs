@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 use crate::report::RequestMeta;
-use crate::stack::probe::ProbeFindings;
+use crate::stack::probe::{ProbeAnswer, ProbeFindings};
 use crate::tracked::Parts;
 
 /// Phases of a request, packed with its id into one atomic word so that a phase change can
@@ -115,8 +115,9 @@ pub(crate) struct Slot {
     task_waker: Mutex<Option<(u64, Waker)>>,
     /// `id << 1 | 1` while a probe poll of request `id` is wanted.
     probe_wanted: AtomicU64,
-    /// What the last probe poll found, with the id of the request it probed.
-    probe_findings: Mutex<Option<(u64, ProbeFindings)>>,
+    /// Where the probe poll of request `id` delivers what it found: a cell of the probe's own,
+    /// so a later request in this slot can never overwrite an answer not yet collected.
+    probe_answer: Mutex<Option<(u64, Arc<ProbeAnswer>)>>,
     /// Woken at the soft deadline: every `Deadline::cancelled` of the request.
     pub(crate) soft_cancelled: Notify,
     polling_tid: AtomicI32,
@@ -158,7 +159,7 @@ impl Slot {
             waker: Mutex::new(None),
             task_waker: Mutex::new(None),
             probe_wanted: AtomicU64::new(0),
-            probe_findings: Mutex::new(None),
+            probe_answer: Mutex::new(None),
             soft_cancelled: Notify::const_new(),
             polling_tid: AtomicI32::new(0),
             reports: AtomicU32::new(0),
@@ -318,13 +319,14 @@ impl Slot {
         }
     }
 
-    /// Asks for one probe poll of request `id` and wakes its task; false when no task waker
-    /// is known (the request was never pending).
-    pub(crate) fn request_probe(&self, id: u64) -> bool {
+    /// Asks for one probe poll of request `id`, answered into `answer`, and wakes its task;
+    /// false when no task waker is known (the request was never pending).
+    pub(crate) fn request_probe(&self, id: u64, answer: Arc<ProbeAnswer>) -> bool {
         let waker = match &*self.task_waker.lock().unwrap_or_else(|e| e.into_inner()) {
             Some((held, waker)) if *held == id => waker.clone(),
             _ => return false,
         };
+        *self.probe_answer.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, answer));
         self.probe_wanted.store(id << 1 | 1, Ordering::Release);
         waker.wake();
         true
@@ -340,31 +342,15 @@ impl Slot {
                 .is_ok()
     }
 
-    /// Keeps what a probe poll of request `id` found, for the reporter.
-    pub(crate) fn store_probe(&self, id: u64, findings: ProbeFindings) {
-        *self
-            .probe_findings
+    /// Delivers what the probe poll of request `id` found to whoever asked for it.
+    pub(crate) fn answer_probe(&self, id: u64, findings: ProbeFindings) {
+        let asked = self
+            .probe_answer
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((id, findings));
-    }
-
-    /// Whether the probe poll of request `id` has run.
-    pub(crate) fn has_probe_findings(&self, id: u64) -> bool {
-        matches!(
-            &*self.probe_findings.lock().unwrap_or_else(|e| e.into_inner()),
-            Some((probed, _)) if *probed == id
-        )
-    }
-
-    /// What the probe poll of request `id` found, once it has run.
-    pub(crate) fn take_probe_findings(&self, id: u64) -> Option<ProbeFindings> {
-        let mut slot = self
-            .probe_findings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
-            Some((probed, _)) if *probed == id => slot.take().map(|(_, findings)| findings),
-            _ => None,
+            .unwrap_or_else(|e| e.into_inner())
+            .take_if(|(asked_for, _)| *asked_for == id);
+        if let Some((_, answer)) = asked {
+            *answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(findings);
         }
     }
 
@@ -631,7 +617,7 @@ impl Registration {
         }
         let output = if self.slot.take_probe(self.id) {
             let (output, findings) = crate::stack::probe::poll_probed_with(cx, poll);
-            self.slot.store_probe(self.id, findings);
+            self.slot.answer_probe(self.id, findings);
             output
         } else {
             poll(cx)

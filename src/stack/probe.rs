@@ -41,6 +41,10 @@ pub(crate) struct RawLeaf {
     pub(crate) truncated: bool,
 }
 
+/// Where one probe poll's findings are delivered: filled by the polling thread, read by the
+/// reporter.
+pub(crate) type ProbeAnswer = std::sync::Mutex<Option<ProbeFindings>>;
+
 /// What one probe poll found.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ProbeFindings {

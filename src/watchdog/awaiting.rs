@@ -10,7 +10,7 @@ use crate::report::{
     ThreadInfo,
 };
 use crate::sink::reporter::{DeliveryCounters, StackEvidence};
-use crate::stack::probe::{self as probe, ProbeFindings, RawLeaf};
+use crate::stack::probe::{self as probe, ProbeAnswer, ProbeFindings, RawLeaf};
 use crate::stack::{self, RawStack};
 
 /// The threads busy in one long poll when a probe went unanswered, with their captures under
@@ -24,6 +24,8 @@ pub(crate) struct ProbeRequest {
     /// When the task has had its chance to be polled.
     pub(crate) deadline: Instant,
     pub(crate) waited: Duration,
+    /// Filled by the probe poll.
+    pub(crate) answer: Arc<ProbeAnswer>,
     /// Filled by the monitor at the deadline when the probe was not polled.
     pub(crate) busy: Arc<Mutex<Option<BusySnapshot>>>,
 }
@@ -36,6 +38,7 @@ struct WaitingProbe {
     id: u64,
     deadline: Instant,
     capture_timeout: Duration,
+    answer: Arc<ProbeAnswer>,
     busy: Arc<Mutex<Option<BusySnapshot>>>,
 }
 
@@ -47,7 +50,8 @@ pub(crate) fn request_probe(
     waited: Duration,
     capture_timeout: Duration,
 ) -> Option<ProbeRequest> {
-    if !slot.request_probe(id) {
+    let answer = Arc::new(ProbeAnswer::default());
+    if !slot.request_probe(id, answer.clone()) {
         return None;
     }
     let deadline = Instant::now() + waited;
@@ -57,6 +61,7 @@ pub(crate) fn request_probe(
         id,
         deadline,
         capture_timeout,
+        answer: answer.clone(),
         busy: busy.clone(),
     });
     Some(ProbeRequest {
@@ -64,6 +69,7 @@ pub(crate) fn request_probe(
         id,
         deadline,
         waited,
+        answer,
         busy,
     })
 }
@@ -82,7 +88,7 @@ pub(crate) fn check_waiting(registry: &Registry) -> Option<Instant> {
     let now = Instant::now();
     let mut due = Vec::new();
     waiting.retain(|probe| {
-        if probe.slot.has_probe_findings(probe.id) || probe.slot.current_id() != probe.id {
+        if lock(&probe.answer).is_some() || probe.slot.current_id() != probe.id {
             return false;
         }
         if probe.deadline <= now {
@@ -131,11 +137,21 @@ impl ProbeRequest {
     /// came into report data. Runs on the reporter thread.
     pub(crate) fn resolve(self, counters: &DeliveryCounters) -> Awaiting {
         loop {
-            if let Some(findings) = self.slot.take_probe_findings(self.id) {
+            if let Some(findings) = lock(&self.answer).take() {
                 return from_findings(findings);
             }
             if let Some(busy) = lock(&self.busy).take() {
                 return not_polled(self.waited, busy, counters);
+            }
+            if self.slot.current_id() != self.id {
+                // A probe poll answers before its request lets go of the slot: look once more.
+                if let Some(findings) = lock(&self.answer).take() {
+                    return from_findings(findings);
+                }
+                return unavailable(
+                    "the request ended before its probe poll answered: it finished, its client \
+                     went away, or the poll panicked",
+                );
             }
             if Instant::now() >= self.deadline + SNAPSHOT_GRACE {
                 return unavailable("the probe was neither polled nor checked in time");
