@@ -13,9 +13,10 @@
 //! latency = (nanosleep interrupted) - (request reached the layer + threshold)
 //! ```
 //!
-//! The arrival is stamped by an outer layer just before `Vigil` registers the request. Due
-//! times are rounded up to the monitor's tick (the watchdog's resolution), so the rounding alone
-//! accounts for 0 to 1 tick. The sink checks that each report carries the blocking frame.
+//! The arrival is stamped by an outer layer just before `Vigil` registers the request. The
+//! monitor wakes when the earliest request falls due but at most once per tick (the watchdog's
+//! resolution), so a request due within a tick of the last wake-up waits up to one tick. The
+//! sink checks that each report carries the blocking frame.
 //!
 //! Environment: `CAPTURE_SAMPLES` (default 200 per scenario), `CAPTURE_CONNECTIONS` (default
 //! 32).

@@ -1,9 +1,10 @@
 //! The core: one registry of in-flight requests and one monitor OS thread for the whole process.
 //!
 //! The monitor is a plain thread, not a tokio task, so it keeps working when every runtime
-//! worker is blocked. It sleeps until the earliest due time in the registry (due times are
-//! rounded up to each layer's resolution when a request registers, so requests that fall due
-//! close together are handled in one wake-up), fires thresholds and deadlines, and hands what it
+//! worker is blocked. It sleeps until the earliest due time in the registry, but wakes at most
+//! once per tick (the finest resolution any layer asked for), so requests that fall due close
+//! together are handled in one wake-up and a lone one is served on time. It fires thresholds
+//! and deadlines, and hands what it
 //! collected to the reporter thread of the watchdog concerned. It never waits on anything: a
 //! stack capture is started here (one signal) and collected by the reporter, and symbolization
 //! and the sinks run there too, so neither a thread that does not answer, nor a cold symbol
@@ -67,12 +68,12 @@ impl Core {
     }
 }
 
-/// The finest resolution any layer asked for: the monitor rounds its wake-ups up to a multiple
-/// of it, so requests that fall due close together are handled in one wake-up, and the request
-/// path does no rounding.
+/// The finest resolution any layer asked for: the monitor wakes at most once per this long, so
+/// requests that fall due close together are handled in one wake-up, and the request path does
+/// no rounding.
 static GRANULARITY_NS: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Notes a layer's resolution; the monitor wakes at multiples of the finest one.
+/// Notes a layer's resolution; the monitor wakes at most once per the finest one.
 pub(crate) fn note_resolution(resolution: Duration) {
     let ns = (resolution.as_nanos() as u64).max(1);
     GRANULARITY_NS.fetch_min(ns, Ordering::Relaxed);
@@ -389,6 +390,7 @@ fn run(registry: Arc<Registry>) {
     loop {
         registry.wake.woke_up();
         let now = registry.clock.now_ns();
+        let woke_at = now;
         let mut next = NEVER;
         registry.scan(|slot, seen| {
             let slot_due = slot.due_ns();
@@ -410,10 +412,11 @@ fn run(registry: Arc<Registry>) {
         if let Some(at) = crate::watchdog::awaiting::check_waiting(&registry) {
             next = next.min(registry.clock.ns_at(at));
         }
+        // On time for the earliest due, but never sooner than a tick after this wake-up: a
+        // lone request is served when it falls due, a crowd in batches, one per tick.
         let granularity = GRANULARITY_NS.load(Ordering::Relaxed).max(1);
         let wake_at = next
-            .checked_next_multiple_of(granularity)
-            .unwrap_or(NEVER)
+            .max(woke_at.saturating_add(granularity))
             .min(now + IDLE_SLEEP.as_nanos() as u64);
         if !registry.wake.going_to_sleep(wake_at) {
             continue;
