@@ -12,18 +12,6 @@ use axum::routing::get;
 use axum::Router;
 use common::*;
 use tower_vigil::report::{AwaitStatus, LeafSignal, SlowRequestReport, StackStatus};
-use tower_vigil::watchdog::WatchdogLayer;
-
-const THRESHOLD: Duration = Duration::from_millis(200);
-
-fn watchdog(collect: &Collect) -> WatchdogLayer {
-    WatchdogLayer::builder(THRESHOLD)
-        .recapture_at([])
-        .resolution(Duration::from_millis(10))
-        .sink(collect.clone())
-        .build()
-        .unwrap()
-}
 
 fn chain_functions(report: &SlowRequestReport) -> Vec<String> {
     report
@@ -44,14 +32,6 @@ fn leaves(report: &SlowRequestReport) -> Vec<String> {
         .collect()
 }
 
-fn slow_report_of(collect: &Collect, path: &str) -> SlowRequestReport {
-    collect
-        .wait_for(Duration::from_secs(10), |r| {
-            r.uri.ends_with(path) && r.kind == tower_vigil::report::ReportKind::Slow
-        })
-        .unwrap_or_else(|| panic!("a slow report of {path}"))
-}
-
 #[inline(never)]
 async fn vigil_load_report() -> &'static str {
     vigil_query_database().await
@@ -68,7 +48,7 @@ async fn nested_async_fns_ending_in_a_sleep_are_named() {
     let collect = Collect::default();
     let app = Router::new()
         .route("/report", get(|| async { vigil_load_report().await }))
-        .layer(watchdog(&collect));
+        .layer(probe_watchdog(&collect));
     let addr = serve(app).await;
     let (status, _) = http_get(addr, "/report", &[]).await;
     assert_eq!(status, 200);
@@ -123,7 +103,7 @@ async fn an_upstream_that_never_answers_is_named_with_its_io_leaf() {
             "/upstream",
             get(move || async move { vigil_call_upstream(upstream_addr).await }),
         )
-        .layer(watchdog(&collect));
+        .layer(probe_watchdog(&collect));
     let addr = serve(app).await;
     let request = tokio::spawn(async move { http_get(addr, "/upstream", &[]).await });
     let report = slow_report_of(&collect, "/upstream");
@@ -166,7 +146,7 @@ async fn a_lock_waiter_and_its_holder_are_both_named() {
             "/wait",
             get(move || vigil_wait_for_the_lock(waited.clone())),
         )
-        .layer(watchdog(&collect));
+        .layer(probe_watchdog(&collect));
     let addr = serve(app).await;
     let holder = tokio::spawn(async move { http_get(addr, "/hold", &[]).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -216,7 +196,7 @@ async fn spawn_blocking_without_a_span_names_the_join_handle_and_its_awaiter() {
     let collect = Collect::default();
     let app = Router::new()
         .route("/offload", get(vigil_offload))
-        .layer(watchdog(&collect));
+        .layer(probe_watchdog(&collect));
     let addr = serve(app).await;
     assert_eq!(http_get(addr, "/offload", &[]).await.0, 200);
     let report = slow_report_of(&collect, "/offload");
@@ -272,7 +252,7 @@ async fn the_probe_adds_one_poll_per_capture_and_nothing_else() {
                 timer: None,
             }),
         )
-        .layer(watchdog(&collect));
+        .layer(probe_watchdog(&collect));
     let addr = serve(app).await;
     assert_eq!(
         http_get(addr, "/counted", &[]).await,
@@ -305,7 +285,7 @@ async fn the_same_wedge_on_the_same_route_shares_a_signature() {
                 },
             ),
         )
-        .layer(watchdog(&collect));
+        .layer(probe_watchdog(&collect));
     let addr = serve(app).await;
     let requests: Vec<_> = ["/items/2", "/items/4", "/items/3"]
         .into_iter()
@@ -361,7 +341,7 @@ async fn the_spawn_blocking_helper_adds_the_blocking_threads_stack() {
     let collect = Collect::default();
     let app = Router::new()
         .route("/marked", get(vigil_offload_marked))
-        .layer(watchdog(&collect));
+        .layer(probe_watchdog(&collect));
     let addr = serve(app).await;
     assert_eq!(http_get(addr, "/marked", &[]).await.0, 200);
     let report = slow_report_of(&collect, "/marked");
@@ -412,7 +392,7 @@ async fn a_thread_that_enters_the_requests_span_joins_the_report() {
     let collect = Collect::default();
     let app = Router::new()
         .route("/in-span", get(vigil_offload_in_span))
-        .layer(watchdog(&collect));
+        .layer(probe_watchdog(&collect));
     let addr = serve(app).await;
     assert_eq!(http_get(addr, "/in-span", &[]).await.0, 200);
     let report = slow_report_of(&collect, "/in-span");

@@ -20,23 +20,6 @@ use tower_vigil::watchdog::WatchdogLayer;
 const THRESHOLD: Duration = Duration::from_millis(200);
 const PATIENCE: Duration = Duration::from_secs(10);
 
-fn watchdog(collect: &Collect) -> WatchdogLayer {
-    WatchdogLayer::builder(THRESHOLD)
-        .recapture_at([])
-        .resolution(Duration::from_millis(10))
-        .sink(collect.clone())
-        .build()
-        .unwrap()
-}
-
-fn slow_report_of(collect: &Collect, path: &str) -> SlowRequestReport {
-    collect
-        .wait_for(PATIENCE, |r| {
-            r.uri.ends_with(path) && r.kind == ReportKind::Slow
-        })
-        .unwrap_or_else(|| panic!("a slow report of {path}"))
-}
-
 /// Each leaf's name with the application functions of its chain.
 fn leaves_with_chains(report: &SlowRequestReport) -> Vec<(String, Vec<String>)> {
     let awaiting = report.awaiting.as_ref().expect("an Awaiting section");
@@ -95,7 +78,7 @@ async fn every_leaf_of_a_join_and_of_a_select_is_listed_with_its_awaiter() {
                 }
             }),
         )
-        .layer(watchdog(&collect));
+        .layer(probe_watchdog(&collect));
     let addr = serve(app).await;
     let (joined, selected) =
         tokio::join!(http_get(addr, "/join", &[]), http_get(addr, "/select", &[]));
@@ -152,7 +135,7 @@ async fn a_chain_deeper_than_the_frame_limit_is_cut_and_marked() {
                 "deep"
             }),
         )
-        .layer(watchdog(&collect));
+        .layer(probe_watchdog(&collect));
     let addr = serve(app).await;
     assert_eq!(http_get(addr, "/deep", &[]).await, (200, "deep".to_owned()));
     let report = slow_report_of(&collect, "/deep");
@@ -222,7 +205,7 @@ impl Future for WakesItselfThenPanics {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_finishes_in_the_probe_poll_finishes_normally() {
     let collect = Collect::default();
-    let watchdog = watchdog(&collect);
+    let watchdog = probe_watchdog(&collect);
     let app = Router::new()
         .route(
             "/finishes",
@@ -251,7 +234,7 @@ async fn a_request_that_finishes_in_the_probe_poll_finishes_normally() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_the_probe_poll_propagates_as_from_any_poll() {
     let collect = Collect::default();
-    let watchdog = watchdog(&collect);
+    let watchdog = probe_watchdog(&collect);
     let app = Router::new()
         .route(
             "/panics-when-probed",

@@ -261,3 +261,22 @@ pub fn never_answering_route(path: &str, counter: DropCounter) -> Router {
         }),
     )
 }
+
+/// A watchdog for probe tests: a 200 ms threshold, one report per request, a 10 ms tick.
+pub fn probe_watchdog(collect: &Collect) -> tower_vigil::watchdog::WatchdogLayer {
+    tower_vigil::watchdog::WatchdogLayer::builder(Duration::from_millis(200))
+        .recapture_at([])
+        .resolution(Duration::from_millis(10))
+        .sink(collect.clone())
+        .build()
+        .unwrap()
+}
+
+/// The first slow report of a request to `path`, waiting up to 10 s for it.
+pub fn slow_report_of(collect: &Collect, path: &str) -> SlowRequestReport {
+    collect
+        .wait_for(Duration::from_secs(10), |r| {
+            r.uri.ends_with(path) && r.kind == tower_vigil::report::ReportKind::Slow
+        })
+        .unwrap_or_else(|| panic!("a slow report of {path}"))
+}
