@@ -88,7 +88,9 @@ pub(crate) fn check_waiting(registry: &Registry) -> Option<Instant> {
     let now = Instant::now();
     let mut due = Vec::new();
     waiting.retain(|probe| {
-        if lock(&probe.answer).is_some() || probe.slot.current_id() != probe.id {
+        // Answered, ended, or no longer awaited by the reporter: no snapshot is owed.
+        let reporter_gone = Arc::strong_count(&probe.busy) == 1;
+        if reporter_gone || lock(&probe.answer).is_some() || probe.slot.current_id() != probe.id {
             return false;
         }
         if probe.deadline <= now {
@@ -136,16 +138,21 @@ impl ProbeRequest {
     /// Waits for the probe poll, or for the monitor's snapshot of busy threads, and turns what
     /// came into report data. Runs on the reporter thread.
     pub(crate) fn resolve(self, counters: &DeliveryCounters) -> Awaiting {
+        // Each lock is let go before the answer is worked on: the monitor looks at these cells
+        // and must never wait while the reporter symbolizes.
         loop {
-            if let Some(findings) = lock(&self.answer).take() {
+            let answered = lock(&self.answer).take();
+            if let Some(findings) = answered {
                 return from_findings(findings);
             }
-            if let Some(busy) = lock(&self.busy).take() {
+            let busy = lock(&self.busy).take();
+            if let Some(busy) = busy {
                 return not_polled(self.waited, busy, counters);
             }
             if self.slot.current_id() != self.id {
                 // A probe poll answers before its request lets go of the slot: look once more.
-                if let Some(findings) = lock(&self.answer).take() {
+                let answered = lock(&self.answer).take();
+                if let Some(findings) = answered {
                     return from_findings(findings);
                 }
                 return unavailable(
