@@ -12,7 +12,6 @@ use axum::routing::get;
 use axum::Router;
 use common::*;
 use tower_vigil::report::{AwaitStatus, ReportKind};
-use tower_vigil::watchdog::WatchdogLayer;
 
 #[inline(never)]
 fn vigil_hogging_a_worker(duration: Duration) {
@@ -28,12 +27,7 @@ fn a_request_nobody_polls_shows_the_threads_that_keep_the_workers_busy() {
     let collect = Collect::default();
     let hogging = Arc::new(AtomicUsize::new(0));
     let hogs_started = hogging.clone();
-    let watchdog = WatchdogLayer::builder(Duration::from_millis(1500))
-        .recapture_at([])
-        .resolution(Duration::from_millis(10))
-        .sink(collect.clone())
-        .build()
-        .unwrap();
+    let watchdog = collecting_watchdog(Duration::from_millis(1500), &collect);
     let app = Router::new()
         .route(
             "/hog",

@@ -3,7 +3,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
@@ -45,33 +45,20 @@ static REPORT_LOG: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 /// ERROR lines into [`EMAIL_LOG`] and the log sink's events into [`REPORT_LOG`]. The mail and
 /// reporter threads are the crate's own, so only a global subscriber sees what they log.
 fn init_tracing() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        use tracing_subscriber::prelude::*;
-        use tracing_subscriber::EnvFilter;
-        tracing_subscriber::registry()
-            .with(tower_vigil::spans::SpanLayer::new())
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_test_writer()
-                    .with_filter(EnvFilter::new(
-                        std::env::var("VIGIL_TEST_LOG").unwrap_or_else(|_| "off".into()),
-                    )),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(|| Captured(&EMAIL_LOG))
-                    .with_filter(EnvFilter::new("tower_vigil::email=error")),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(|| Captured(&REPORT_LOG))
-                    .with_filter(EnvFilter::new("tower_vigil::report=trace")),
-            )
-            .init();
-    });
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::EnvFilter;
+    common::init_tracing_with(vec![
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(|| Captured(&EMAIL_LOG))
+            .with_filter(EnvFilter::new("tower_vigil::email=error"))
+            .boxed(),
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(|| Captured(&REPORT_LOG))
+            .with_filter(EnvFilter::new("tower_vigil::report=trace"))
+            .boxed(),
+    ]);
 }
 
 /// The ERROR lines logged so far that contain `needle` (such as a test server's port).
@@ -374,13 +361,7 @@ fn with_the_smtp_server_down_the_fallback_file_holds_the_report() {
     .retries(2)
     .retry_backoff(Duration::from_millis(50))
     .fallback(FileSink::new(&dir).unwrap());
-    let watchdog = WatchdogLayer::builder(THRESHOLD)
-        .recapture_at([])
-        .sink(email.clone())
-        .build()
-        .unwrap();
-    let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
-    assert_eq!(app.get("/slow", &[]).0, 200);
+    let _app = one_slow_request(&email);
     let path = wait_for_file_ending(&dir, "-1.json", PATIENCE).expect("no fallback file");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -569,13 +550,7 @@ fn a_transient_error_is_retried_and_the_mail_then_goes_out() {
         .to("oncall@example.com")
         .unwrap()
         .retry_backoff(Duration::from_millis(20));
-    let watchdog = WatchdogLayer::builder(THRESHOLD)
-        .recapture_at([])
-        .sink(email.clone())
-        .build()
-        .unwrap();
-    let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
-    assert_eq!(app.get("/slow", &[]).0, 200);
+    let _app = one_slow_request(&email);
     smtp.wait_for_messages(1, PATIENCE)
         .expect("the mail after two 451s");
     assert!(wait_until(PATIENCE, || email.stats().sent == 1));
@@ -602,13 +577,7 @@ fn a_permanent_error_goes_to_the_fallback_without_retries() {
         .unwrap()
         .retry_backoff(Duration::from_millis(20))
         .fallback(fallback.clone());
-    let watchdog = WatchdogLayer::builder(THRESHOLD)
-        .recapture_at([])
-        .sink(email.clone())
-        .build()
-        .unwrap();
-    let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
-    assert_eq!(app.get("/slow", &[]).0, 200);
+    let _app = one_slow_request(&email);
     let report = fallback
         .wait_for(PATIENCE, |r| r.kind == ReportKind::Slow)
         .expect("the report in the fallback sink");
@@ -634,13 +603,7 @@ fn a_plain_local_relay_gets_the_mail_from_a_plain_smtp_url() {
         .to("oncall@example.com")
         .unwrap()
         .fallback(fallback.clone());
-    let watchdog = WatchdogLayer::builder(THRESHOLD)
-        .recapture_at([])
-        .sink(email.clone())
-        .build()
-        .unwrap();
-    let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
-    assert_eq!(app.get("/slow", &[]).0, 200);
+    let _app = one_slow_request(&email);
     let mails = smtp.wait_for_messages(1, PATIENCE).expect("a mail");
     assert!(!mails[0].tls);
     assert_eq!(mails[0].rcpt_to, ["oncall@example.com"]);
@@ -704,13 +667,7 @@ fn required_starttls_fails_on_a_plain_relay_and_the_error_log_says_how_to_fix_it
         .to("oncall@example.com")
         .unwrap()
         .fallback(fallback.clone());
-    let watchdog = WatchdogLayer::builder(THRESHOLD)
-        .recapture_at([])
-        .sink(email.clone())
-        .build()
-        .unwrap();
-    let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
-    assert_eq!(app.get("/slow", &[]).0, 200);
+    let _app = one_slow_request(&email);
     fallback
         .wait_for(PATIENCE, |r| r.kind == ReportKind::Slow)
         .expect("the report in the fallback sink");
@@ -744,13 +701,7 @@ fn only_the_first_failure_of_an_outage_is_diagnosed_at_error() {
         .retries(2)
         .retry_backoff(Duration::from_millis(20))
         .fallback(fallback.clone());
-    let watchdog = WatchdogLayer::builder(THRESHOLD)
-        .recapture_at([])
-        .sink(email.clone())
-        .build()
-        .unwrap();
-    let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
-    assert_eq!(app.get("/slow", &[]).0, 200);
+    let _app = one_slow_request(&email);
     fallback
         .wait_for(PATIENCE, |r| r.kind == ReportKind::Slow)
         .expect("the report in the fallback sink");
@@ -786,6 +737,12 @@ fn one_slow_report(config: SmtpConfig, fallback: &Collect) -> (EmailSink, App) {
         .retries(2)
         .retry_backoff(Duration::from_millis(20))
         .fallback(fallback.clone());
+    let app = one_slow_request(&email);
+    (email, app)
+}
+
+/// Serves `/slow` (300 ms) behind a watchdog that mails through `email`, and requests it once.
+fn one_slow_request(email: &EmailSink) -> App {
     let watchdog = WatchdogLayer::builder(THRESHOLD)
         .recapture_at([])
         .sink(email.clone())
@@ -793,7 +750,7 @@ fn one_slow_report(config: SmtpConfig, fallback: &Collect) -> (EmailSink, App) {
         .unwrap();
     let app = App::start(slow_route("/slow", 300).layer(watchdog), 2);
     assert_eq!(app.get("/slow", &[]).0, 200);
-    (email, app)
+    app
 }
 
 fn assert_is_the_slow_report(received: &Received) {

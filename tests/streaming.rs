@@ -30,12 +30,7 @@ fn slow_stream(chunks: u32, every: Duration) -> Body {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowly_streaming_body_is_reported_while_it_streams() {
     let collect = Collect::default();
-    let watchdog = WatchdogLayer::builder(Duration::from_millis(1200))
-        .recapture_at([])
-        .resolution(Duration::from_millis(10))
-        .sink(collect.clone())
-        .build()
-        .unwrap();
+    let watchdog = collecting_watchdog(Duration::from_millis(1200), &collect);
     let app = Router::new()
         .route(
             "/stream",

@@ -18,19 +18,28 @@ use tower_vigil::sink::{Sink, SinkError};
 
 /// Installs a global subscriber with the span layer, once per test binary.
 pub fn init_tracing() {
+    init_tracing_with(Vec::new());
+}
+
+/// A layer of the global subscriber that [`init_tracing_with`] installs.
+pub type TestLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// [`init_tracing`] plus `extra` layers, once per test binary: the first call decides.
+pub fn init_tracing_with(extra: Vec<TestLayer>) {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         use tracing_subscriber::prelude::*;
-        tracing_subscriber::registry()
-            .with(tower_vigil::spans::SpanLayer::new())
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_test_writer()
-                    .with_filter(tracing_subscriber::EnvFilter::new(
-                        std::env::var("VIGIL_TEST_LOG").unwrap_or_else(|_| "off".into()),
-                    )),
-            )
-            .init();
+        let mut layers: Vec<TestLayer> = vec![
+            tower_vigil::spans::SpanLayer::new().boxed(),
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(tracing_subscriber::EnvFilter::new(
+                    std::env::var("VIGIL_TEST_LOG").unwrap_or_else(|_| "off".into()),
+                ))
+                .boxed(),
+        ];
+        layers.extend(extra);
+        tracing_subscriber::registry().with(layers).init();
     });
 }
 
@@ -264,7 +273,15 @@ pub fn never_answering_route(path: &str, counter: DropCounter) -> Router {
 
 /// A watchdog for probe tests: a 200 ms threshold, one report per request, a 10 ms tick.
 pub fn probe_watchdog(collect: &Collect) -> tower_vigil::watchdog::WatchdogLayer {
-    tower_vigil::watchdog::WatchdogLayer::builder(Duration::from_millis(200))
+    collecting_watchdog(Duration::from_millis(200), collect)
+}
+
+/// A watchdog reporting into `collect` once per request past `threshold`, on a 10 ms tick.
+pub fn collecting_watchdog(
+    threshold: Duration,
+    collect: &Collect,
+) -> tower_vigil::watchdog::WatchdogLayer {
+    tower_vigil::watchdog::WatchdogLayer::builder(threshold)
         .recapture_at([])
         .resolution(Duration::from_millis(10))
         .sink(collect.clone())
