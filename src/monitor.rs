@@ -404,6 +404,7 @@ fn run(registry: Arc<Registry>) {
             fire(&registry, &slot, seen, now);
             next = next.min(slot.due_ns());
         }
+        registry.wake.passed();
 
         #[cfg(feature = "metrics")]
         crate::metrics::publish_if_due();

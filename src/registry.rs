@@ -802,6 +802,8 @@ pub(crate) struct Wake {
     /// them falls due before it would wake anyway, so a long scan of a large registry under a
     /// steady stream of registrations does not turn into back-to-back scans.
     noted_while_awake: AtomicU64,
+    /// Passes of the monitor over the registry so far.
+    passes: AtomicU64,
     thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
@@ -813,6 +815,7 @@ impl Wake {
             sleeping_until: AtomicU64::new(AWAKE),
             rescan: std::sync::atomic::AtomicBool::new(false),
             noted_while_awake: AtomicU64::new(NEVER),
+            passes: AtomicU64::new(0),
             thread: std::sync::OnceLock::new(),
         }
     }
@@ -849,6 +852,26 @@ impl Wake {
         let noted = self.noted_while_awake.swap(NEVER, Ordering::SeqCst);
         let rescan = self.rescan.swap(false, Ordering::SeqCst);
         !rescan && noted >= until_ns
+    }
+
+    /// Called by the monitor after each pass, once what it fired has been handed on.
+    pub(crate) fn passed(&self) {
+        self.passes.fetch_add(1, Ordering::Release);
+    }
+
+    /// Wakes the monitor and waits, until `deadline` at the latest, for a whole pass that began
+    /// after this call: what has happened so far (a stuck request that ended) is then reported.
+    pub(crate) fn catch_up(&self, deadline: std::time::Instant) -> bool {
+        // The pass under way may have begun before the call: wait for the one after it.
+        let wanted = self.passes.load(Ordering::Acquire) + 2;
+        self.wake_now();
+        while self.passes.load(Ordering::Acquire) < wanted {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     pub(crate) fn woke_up(&self) {

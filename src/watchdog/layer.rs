@@ -227,11 +227,19 @@ impl WatchdogLayer {
         }
     }
 
-    /// Waits until every report made so far has been handed to the sinks, for at most
-    /// `timeout`; call it on graceful shutdown. Returns false if the time ran out.
+    /// Waits until every report so far has been handed to the sinks, for at most `timeout`;
+    /// call it on graceful shutdown. That includes the completion records of reported requests
+    /// that have already ended. Returns false if the time ran out.
     pub fn flush(&self, timeout: Duration) -> bool {
         match &self.running {
-            Some(running) => running.part.reporter.flush(timeout),
+            Some(running) => {
+                let deadline = std::time::Instant::now() + timeout;
+                running.parts.registry.wake.catch_up(deadline)
+                    && running
+                        .part
+                        .reporter
+                        .flush(deadline.saturating_duration_since(std::time::Instant::now()))
+            }
             None => true,
         }
     }
