@@ -206,7 +206,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app(vigil)).await });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // The one line for a graceful stop: when the signal comes, every request still in flight
+    // is reported (trigger `shutdown`) and the sinks are flushed, before the server drains.
+    let shutdown = vigil.on_shutdown(
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    );
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app(vigil))
+            .with_graceful_shutdown(shutdown)
+            .await
+    });
     println!("tower-vigil demo serving on http://{addr}");
     println!(
         "watchdog threshold {THRESHOLD:?}; reports go to {}, mail to {}",
@@ -221,7 +234,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if serve {
         println!("try: curl -i http://{addr}/block  (also /busy, /await/42, /wedge, /export)");
         tokio::signal::ctrl_c().await?;
-        watchdog.flush(Duration::from_secs(5));
+        let _ = stop.send(());
+        server.await??;
         return Ok(());
     }
 
@@ -339,6 +353,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  anyone else: GET /?__profile__ -> {status} {:?} (the page itself)",
         body.trim()
+    );
+
+    println!("\n== graceful shutdown: requests in flight are reported before the server drains");
+    let in_flight = tokio::spawn(fetch_with(addr, "/await/7", &[]));
+    // Well before its threshold: only the shutdown can report it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = stop.send(());
+    let (status, _) = in_flight.await?;
+    server.await??;
+    let shutdown_reports = std::fs::read_dir(&reports_dir)?
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "json"))
+        .filter(|entry| {
+            std::fs::read_to_string(entry.path())
+                .is_ok_and(|json| json.contains("\"trigger\": \"shutdown\""))
+        })
+        .count();
+    println!(
+        "  stop signalled with GET /await/7 in flight: {shutdown_reports} report with trigger `shutdown` written, sinks flushed; then the server drained and the request got {status}"
     );
 
     let stats = watchdog.stats();
