@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::error::ConfigError;
-use crate::registry::{Dues, Registry, Seen, Slot, HARD_FIRED, NEVER, SOFT_FIRED, WEDGED};
+use crate::registry::{Dues, Registry, Seen, Slot, SlotRef, HARD_FIRED, NEVER, SOFT_FIRED, WEDGED};
 use crate::report::{
     Completion, RenderedRequest, ReportKind, ReportTrigger, RequestCapture, RequestPhase,
     SlowRequestReport, SpanTree, StackStatus, ThreadInfo,
@@ -113,7 +113,7 @@ pub(crate) fn report_in_flight(registry: &Arc<Registry>, watch: &Arc<WatchPart>)
     let mut in_flight = Vec::new();
     registry.scan(|slot, seen| {
         if let Seen::Running { id } | Seen::Stuck { id } = seen {
-            in_flight.push((slot.clone(), id));
+            in_flight.push((slot.to_ref(), id));
         }
     });
     let mut reported = 0;
@@ -129,7 +129,7 @@ pub(crate) fn report_in_flight(registry: &Arc<Registry>, watch: &Arc<WatchPart>)
     reported
 }
 
-fn fire(registry: &Arc<Registry>, slot: &Arc<Slot>, seen: Seen, now: u64) {
+fn fire(registry: &Arc<Registry>, slot: &SlotRef, seen: Seen, now: u64) {
     let id = match seen {
         Seen::Running { id } | Seen::Stuck { id } | Seen::FinishedAfterStuck { id } => id,
     };
@@ -177,7 +177,7 @@ fn fire_deadlines(
     registry: &Arc<Registry>,
     deadlines: &DeadlinePart,
     watch: Option<&WatchPart>,
-    slot: &Arc<Slot>,
+    slot: &SlotRef,
     id: u64,
     now: u64,
 ) {
@@ -186,7 +186,7 @@ fn fire_deadlines(
             .counters
             .soft_cancellations
             .fetch_add(1, Ordering::Relaxed);
-        slot.soft_cancelled.notify_waiters();
+        crate::registry::soft_bell(id).notify_waiters();
         // Evidence before the hard deadline: what the request does when asked to stop.
         if let Some(watch) = watch {
             if slot.mark_stuck(id) {
@@ -222,13 +222,7 @@ fn fire_deadlines(
     }
 }
 
-fn report(
-    registry: &Arc<Registry>,
-    watch: &WatchPart,
-    slot: &Arc<Slot>,
-    id: u64,
-    trigger: Trigger,
-) {
+fn report(registry: &Arc<Registry>, watch: &WatchPart, slot: &SlotRef, id: u64, trigger: Trigger) {
     let capture = slot.reports() + 1;
     slot.add_report();
     if let Some(mut report) = slow_report(registry, watch, slot, id, capture) {
@@ -247,7 +241,7 @@ fn report(
 fn slow_report(
     registry: &Arc<Registry>,
     watch: &WatchPart,
-    slot: &Arc<Slot>,
+    slot: &SlotRef,
     id: u64,
     capture: u32,
 ) -> Option<RawReport> {
@@ -260,8 +254,13 @@ fn slow_report(
         // Two ticks, but never so short that a merely busy runtime reads as a starved one.
         let waited = (2 * watch.resolution).max(Duration::from_millis(100));
         awaiting = Some(
-            match crate::watchdog::awaiting::request_probe(slot, id, waited, watch.capture_timeout)
-            {
+            match crate::watchdog::awaiting::request_probe(
+                registry,
+                slot,
+                id,
+                waited,
+                watch.capture_timeout,
+            ) {
                 Some(probe) => AwaitingEvidence::Probe(probe),
                 None => AwaitingEvidence::Unavailable(
                     "the request has not waited yet (no task waker was kept for it)",
@@ -342,9 +341,9 @@ fn describe(
         capture: 0,
         trigger: ReportTrigger::Threshold,
         intercepted_at: SystemTime::now(),
-        method: meta.method.to_string(),
+        method: meta.method().to_string(),
         uri,
-        version: meta.version,
+        version: meta.version(),
         host,
         headers,
         pid: std::process::id(),
@@ -356,7 +355,7 @@ fn describe(
         stack: Vec::new(),
         spans: SpanTree::unknown(),
         completion: None,
-        route_key: format!("{} {}", meta.method, meta.route_key),
+        route_key: format!("{} {}", meta.method(), meta.route()),
         awaiting: None,
         helper_threads: Vec::new(),
         phase: match slot.body_progress() {
@@ -386,7 +385,7 @@ fn authority_of(uri: &str) -> Option<String> {
 }
 
 fn run(registry: Arc<Registry>) {
-    let mut due: Vec<(Arc<Slot>, Seen)> = Vec::new();
+    let mut due: Vec<(SlotRef, Seen)> = Vec::new();
     loop {
         registry.wake.woke_up();
         let now = registry.clock.now_ns();
@@ -395,7 +394,7 @@ fn run(registry: Arc<Registry>) {
         registry.scan(|slot, seen| {
             let slot_due = slot.due_ns();
             if matches!(seen, Seen::FinishedAfterStuck { .. }) || slot_due <= now {
-                due.push((slot.clone(), seen));
+                due.push((slot.to_ref(), seen));
             } else {
                 next = next.min(slot_due);
             }

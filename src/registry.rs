@@ -26,14 +26,27 @@ const FINISHED: u64 = 3;
 /// Sentinel for "nothing due".
 pub(crate) const NEVER: u64 = u64::MAX;
 
-const FLAG_BITS: u64 = 3;
-const FLAG_MASK: u64 = (1 << FLAG_BITS) - 1;
+const FLAG_BITS: u64 = 4;
 /// The soft deadline has passed: the request's `Deadline` is cancelled.
 pub(crate) const SOFT_FIRED: u64 = 1;
 /// The hard deadline has passed: the response future must answer 503.
 pub(crate) const HARD_FIRED: u64 = 2;
 /// A thread was still inside the request's poll at the hard deadline.
 pub(crate) const WEDGED: u64 = 4;
+/// The monitor asked for a probe poll of the request.
+const PROBE_WANTED: u64 = 8;
+/// The flags that say how the request's deadlines stand.
+const DEADLINE_FLAGS: u64 = SOFT_FIRED | HARD_FIRED | WEDGED;
+
+/// Woken at soft deadlines: a request's `Deadline::cancelled` waits on the bell its id picks
+/// and checks its own flag when woken. Shared bells keep a slot small; a soft deadline wakes
+/// the few other waiters on its bell, who look and wait again.
+static SOFT_BELLS: [Notify; 64] = [const { Notify::const_new() }; 64];
+
+/// The bell request `id` waits on for its soft deadline.
+pub(crate) fn soft_bell(id: u64) -> &'static Notify {
+    &SOFT_BELLS[id as usize % SOFT_BELLS.len()]
+}
 
 fn take_due(due: &AtomicU64, now: u64) -> bool {
     let at = due.load(Ordering::Relaxed);
@@ -87,7 +100,8 @@ impl Clock {
     }
 }
 
-/// One in-flight request's record.
+/// One in-flight request's record: atomics the request path and the monitor share, and the
+/// rest under one lock. Kept small, since a busy service has one per request in flight.
 pub(crate) struct Slot {
     /// `id << PHASE_BITS | phase`, or 0 while the slot is free.
     word: AtomicU64,
@@ -98,8 +112,6 @@ pub(crate) struct Slot {
     body_bytes: AtomicU64,
     body_frames: AtomicU64,
     body_last_ns: AtomicU64,
-    number: u32,
-    generation: AtomicU32,
     started_ns: AtomicU64,
     /// Earliest of the events below: what the monitor schedules by.
     due_ns: AtomicU64,
@@ -108,28 +120,18 @@ pub(crate) struct Slot {
     hard_due_ns: AtomicU64,
     /// `id << FLAG_BITS | flags`, so a late flag can never land on a later request.
     deadline_flags: AtomicU64,
-    /// Woken at the hard deadline: the response future of the timebox.
-    waker: Mutex<Option<Waker>>,
-    /// The waker of the task that polls the request's own future, kept from its last pending
-    /// poll so the monitor can ask for a probe poll.
-    task_waker: Mutex<Option<(u64, Waker)>>,
-    /// `id << 1 | 1` while a probe poll of request `id` is wanted.
-    probe_wanted: AtomicU64,
-    /// Where the probe poll of request `id` delivers what it found: a cell of the probe's own,
-    /// so a later request in this slot can never overwrite an answer not yet collected.
-    probe_answer: Mutex<Option<(u64, Arc<ProbeAnswer>)>>,
-    /// Woken at the soft deadline: every `Deadline::cancelled` of the request.
-    pub(crate) soft_cancelled: Notify,
+    finished_ns: AtomicU64,
+    generation: AtomicU32,
     polling_tid: AtomicI32,
     reports: AtomicU32,
-    finished_ns: AtomicU64,
     /// HTTP status of the finished response, or 0 when the future was dropped without one.
     finished_status: AtomicU16,
     occupant: Mutex<Occupant>,
 }
 
-/// What a slot knows of its request beyond atomics: its description and the parts (watch,
-/// deadlines) it runs under. Written at registration, read by the monitor.
+/// What a slot knows of its request beyond atomics: its description, the parts (watch,
+/// deadlines) it runs under, and the wakers the monitor may call. Written at registration and
+/// on pending polls, read by the monitor.
 #[derive(Default)]
 pub(crate) struct Occupant {
     pub(crate) id: u64,
@@ -137,10 +139,15 @@ pub(crate) struct Occupant {
     pub(crate) watched: bool,
     pub(crate) request: RequestMeta,
     pub(crate) parts: Option<Arc<Parts>>,
+    /// Woken at the hard deadline: the response future of the timebox.
+    deadline_waker: Option<Waker>,
+    /// The waker of the task that polls the request's own future, kept from its last pending
+    /// poll so the monitor can ask for a probe poll.
+    task_waker: Option<Waker>,
 }
 
 impl Slot {
-    fn new(number: u32) -> Self {
+    fn new() -> Self {
         Self {
             word: AtomicU64::new(0),
             route_hash: AtomicU64::new(0),
@@ -148,22 +155,16 @@ impl Slot {
             body_bytes: AtomicU64::new(0),
             body_frames: AtomicU64::new(0),
             body_last_ns: AtomicU64::new(0),
-            number,
-            generation: AtomicU32::new(0),
             started_ns: AtomicU64::new(0),
             due_ns: AtomicU64::new(NEVER),
             watch_due_ns: AtomicU64::new(NEVER),
             soft_due_ns: AtomicU64::new(NEVER),
             hard_due_ns: AtomicU64::new(NEVER),
             deadline_flags: AtomicU64::new(0),
-            waker: Mutex::new(None),
-            task_waker: Mutex::new(None),
-            probe_wanted: AtomicU64::new(0),
-            probe_answer: Mutex::new(None),
-            soft_cancelled: Notify::const_new(),
+            finished_ns: AtomicU64::new(0),
+            generation: AtomicU32::new(0),
             polling_tid: AtomicI32::new(0),
             reports: AtomicU32::new(0),
-            finished_ns: AtomicU64::new(0),
             finished_status: AtomicU16::new(0),
             occupant: Mutex::new(Occupant::default()),
         }
@@ -282,7 +283,7 @@ impl Slot {
     pub(crate) fn flags(&self, id: u64) -> u64 {
         let word = self.deadline_flags.load(Ordering::Acquire);
         if word >> FLAG_BITS == id {
-            word & FLAG_MASK
+            word & DEADLINE_FLAGS
         } else {
             SOFT_FIRED | HARD_FIRED
         }
@@ -291,20 +292,20 @@ impl Slot {
     /// Deadline flags of request `id`, or `None` if the slot no longer holds it.
     pub(crate) fn flags_if_current(&self, id: u64) -> Option<u64> {
         let word = self.deadline_flags.load(Ordering::Acquire);
-        (word >> FLAG_BITS == id && self.current_id() == id).then_some(word & FLAG_MASK)
+        (word >> FLAG_BITS == id && self.current_id() == id).then_some(word & DEADLINE_FLAGS)
     }
 
     /// Stores the waker to call at the hard deadline, cloning only when it changed.
     pub(crate) fn set_waker(&self, waker: &Waker) {
-        let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
+        let mut occupant = self.occupant();
+        match &occupant.deadline_waker {
             Some(current) if current.will_wake(waker) => {}
-            _ => *slot = Some(waker.clone()),
+            _ => occupant.deadline_waker = Some(waker.clone()),
         }
     }
 
     pub(crate) fn wake(&self) {
-        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let waker = self.occupant().deadline_waker.take();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -312,46 +313,27 @@ impl Slot {
 
     /// Keeps the waker of the task polling request `id`, cloning only when it changed.
     pub(crate) fn set_task_waker(&self, id: u64, waker: &Waker) {
-        let mut slot = self.task_waker.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
-            Some((held, current)) if *held == id && current.will_wake(waker) => {}
-            _ => *slot = Some((id, waker.clone())),
+        let mut occupant = self.occupant();
+        if occupant.id != id {
+            return;
         }
-    }
-
-    /// Asks for one probe poll of request `id`, answered into `answer`, and wakes its task;
-    /// false when no task waker is known (the request was never pending).
-    pub(crate) fn request_probe(&self, id: u64, answer: Arc<ProbeAnswer>) -> bool {
-        let waker = match &*self.task_waker.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some((held, waker)) if *held == id => waker.clone(),
-            _ => return false,
-        };
-        *self.probe_answer.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, answer));
-        self.probe_wanted.store(id << 1 | 1, Ordering::Release);
-        waker.wake();
-        true
+        match &occupant.task_waker {
+            Some(current) if current.will_wake(waker) => {}
+            _ => occupant.task_waker = Some(waker.clone()),
+        }
     }
 
     /// Takes the request for a probe poll of request `id`: true once per request made.
     pub(crate) fn take_probe(&self, id: u64) -> bool {
-        let wanted = id << 1 | 1;
-        self.probe_wanted.load(Ordering::Relaxed) == wanted
+        let word = self.deadline_flags.load(Ordering::Relaxed);
+        // Only the task holding request `id` calls this, so the slot cannot move on meanwhile.
+        word >> FLAG_BITS == id
+            && word & PROBE_WANTED != 0
             && self
-                .probe_wanted
-                .compare_exchange(wanted, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-    }
-
-    /// Delivers what the probe poll of request `id` found to whoever asked for it.
-    pub(crate) fn answer_probe(&self, id: u64, findings: ProbeFindings) {
-        let asked = self
-            .probe_answer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take_if(|(asked_for, _)| *asked_for == id);
-        if let Some((_, answer)) = asked {
-            *answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(findings);
-        }
+                .deadline_flags
+                .fetch_and(!PROBE_WANTED, Ordering::AcqRel)
+                & PROBE_WANTED
+                != 0
     }
 
     pub(crate) fn polling_tid(&self) -> i32 {
@@ -404,8 +386,57 @@ pub(crate) enum Seen {
     },
 }
 
+/// Slots are made this many at a time, in one allocation: no per-slot allocation header, and
+/// a scan walks memory in order.
+const CHUNK_SLOTS: usize = 64;
+
+struct Chunk {
+    slots: [Slot; CHUNK_SLOTS],
+}
+
+/// A slot, kept alive by its chunk: what requests and the monitor hold on to.
+#[derive(Clone)]
+pub(crate) struct SlotRef {
+    chunk: Arc<Chunk>,
+    index: usize,
+}
+
+impl std::ops::Deref for SlotRef {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        &self.chunk.slots[self.index]
+    }
+}
+
+/// A slot met in a scan: readable at once, and turned into a [`SlotRef`] only when kept.
+#[derive(Clone, Copy)]
+pub(crate) struct ScannedSlot<'a> {
+    chunk: &'a Arc<Chunk>,
+    index: usize,
+}
+
+impl ScannedSlot<'_> {
+    pub(crate) fn to_ref(self) -> SlotRef {
+        SlotRef {
+            chunk: self.chunk.clone(),
+            index: self.index,
+        }
+    }
+}
+
+impl std::ops::Deref for ScannedSlot<'_> {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        &self.chunk.slots[self.index]
+    }
+}
+
 struct Shard {
-    slots: Vec<Arc<Slot>>,
+    chunks: Vec<Arc<Chunk>>,
+    /// Slots made so far; the last chunk may have room for more.
+    made: usize,
     free: Vec<u32>,
 }
 
@@ -415,6 +446,19 @@ pub(crate) struct Registry {
     pub(crate) clock: Clock,
     next_shard: AtomicUsize,
     pub(crate) wake: Wake,
+    /// Where each probe poll asked for delivers what it found, by request id: a cell of the
+    /// probe's own, so a later request in the slot can never overwrite an answer not yet
+    /// collected. Few at a time, so kept here rather than in every slot.
+    probes_asked: Mutex<Vec<(u64, Arc<ProbeAnswer>)>>,
+}
+
+/// The slot number of request `id`: its place in its shard, and its shard.
+fn number_of(id: u64) -> u32 {
+    id as u32
+}
+
+fn shard_of(number: u32) -> usize {
+    (number & (MAX_SHARDS as u32 - 1)) as usize
 }
 
 const SHARD_BITS: u32 = 6;
@@ -433,7 +477,8 @@ impl Registry {
             shards: (0..shards)
                 .map(|_| {
                     Mutex::new(Shard {
-                        slots: Vec::new(),
+                        chunks: Vec::new(),
+                        made: 0,
                         free: Vec::new(),
                     })
                 })
@@ -441,6 +486,7 @@ impl Registry {
             clock: Clock::new(),
             next_shard: AtomicUsize::new(0),
             wake: Wake::new(),
+            probes_asked: Mutex::new(Vec::new()),
         }
     }
 
@@ -471,26 +517,35 @@ impl Registry {
         fill: impl FnOnce(&mut RequestMeta),
     ) -> Registration {
         let shard = self.home_shard();
-        let slot = {
+        let (slot, index) = {
             let mut guard = self.lock(shard);
-            match guard.free.pop() {
-                Some(index) => guard.slots[index as usize].clone(),
+            let index = match guard.free.pop() {
+                Some(index) => index as usize,
                 None => {
-                    let index = guard.slots.len() as u32;
-                    let number = (index << SHARD_BITS) | shard as u32;
-                    let slot = Arc::new(Slot::new(number));
-                    guard.slots.push(slot.clone());
-                    slot
+                    let index = guard.made;
+                    if index % CHUNK_SLOTS == 0 {
+                        guard.chunks.push(Arc::new(Chunk {
+                            slots: std::array::from_fn(|_| Slot::new()),
+                        }));
+                    }
+                    guard.made += 1;
+                    index
                 }
-            }
+            };
+            let slot = SlotRef {
+                chunk: guard.chunks[index / CHUNK_SLOTS].clone(),
+                index: index % CHUNK_SLOTS,
+            };
+            (slot, index)
         };
+        let number = ((index as u32) << SHARD_BITS) | shard as u32;
         let generation = slot
             .generation
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1)
             & 0x3fff_ffff;
         let generation = generation.max(1);
-        let id = (u64::from(generation) << 32) | u64::from(slot.number);
+        let id = (u64::from(generation) << 32) | u64::from(number);
         let due_ns = dues.watch.min(dues.soft).min(dues.hard);
         let watched = dues.watch != NEVER;
         slot.started_ns.store(started_ns, Ordering::Relaxed);
@@ -506,11 +561,13 @@ impl Registry {
         slot.polling_tid.store(0, Ordering::Relaxed);
         // A status left by the slot's previous request must never describe this one.
         slot.finished_status.store(0, Ordering::Relaxed);
-        slot.probe_wanted.store(0, Ordering::Relaxed);
         {
             let mut occupant = slot.occupant();
             occupant.id = id;
             occupant.watched = watched;
+            // Wakers of the slot's last request must not be called for this one.
+            occupant.task_waker = None;
+            occupant.deadline_waker = None;
             if !occupant
                 .parts
                 .as_ref()
@@ -529,62 +586,111 @@ impl Registry {
             registry: self.clone(),
             slot,
             id,
-            shard,
             watched,
             long_lived_exempt: parts.watch.as_ref().is_none_or(|w| w.long_lived_exempt),
         }
     }
 
-    fn release(&self, shard: usize, slot: &Slot) {
-        slot.word.store(0, Ordering::Release);
-        let index = slot.number >> SHARD_BITS;
-        self.lock(shard).free.push(index);
+    /// Puts the slot of request `id` back on its shard's free list.
+    fn release(&self, id: u64) {
+        let number = number_of(id);
+        self.lock(shard_of(number)).free.push(number >> SHARD_BITS);
     }
 
     /// Frees a slot whose completion record the monitor has emitted.
     pub(crate) fn release_finished(&self, slot: &Slot, id: u64) {
-        if slot.word.load(Ordering::Acquire) == id << PHASE_BITS | FINISHED {
-            let shard = (slot.number & (MAX_SHARDS as u32 - 1)) as usize;
-            self.release(shard, slot);
+        if slot
+            .word
+            .compare_exchange(
+                id << PHASE_BITS | FINISHED,
+                0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            self.release(id);
         }
     }
 
     /// Calls `visit` for every occupied slot. Holds one shard lock at a time, briefly: the
     /// visitor must only read atomics and copy.
-    pub(crate) fn scan(&self, mut visit: impl FnMut(&Arc<Slot>, Seen)) {
+    pub(crate) fn scan(&self, mut visit: impl FnMut(ScannedSlot<'_>, Seen)) {
         for shard in 0..self.shards.len() {
             let guard = self.lock(shard);
-            for slot in &guard.slots {
-                let word = slot.word.load(Ordering::Acquire);
-                if word == 0 {
-                    continue;
+            let mut left = guard.made;
+            for chunk in &guard.chunks {
+                let in_chunk = left.min(CHUNK_SLOTS);
+                left -= in_chunk;
+                for (index, slot) in chunk.slots[..in_chunk].iter().enumerate() {
+                    let word = slot.word.load(Ordering::Acquire);
+                    if word == 0 {
+                        continue;
+                    }
+                    let id = word >> PHASE_BITS;
+                    let seen = match word & PHASE_MASK {
+                        RUNNING => Seen::Running { id },
+                        STUCK => Seen::Stuck { id },
+                        FINISHED => Seen::FinishedAfterStuck { id },
+                        _ => continue,
+                    };
+                    visit(ScannedSlot { chunk, index }, seen);
                 }
-                let id = word >> PHASE_BITS;
-                let seen = match word & PHASE_MASK {
-                    RUNNING => Seen::Running { id },
-                    STUCK => Seen::Stuck { id },
-                    FINISHED => Seen::FinishedAfterStuck { id },
-                    _ => continue,
-                };
-                visit(slot, seen);
             }
         }
     }
 
     /// Slots ever created: the registry's high-water mark of concurrent requests.
     pub(crate) fn capacity(&self) -> usize {
-        (0..self.shards.len())
-            .map(|s| self.lock(s).slots.len())
-            .sum()
+        (0..self.shards.len()).map(|s| self.lock(s).made).sum()
     }
+
+    /// Asks for one probe poll of request `id`, answered into `answer`, and wakes its task;
+    /// false when no task waker is known (the request was never pending) or it has ended.
+    pub(crate) fn request_probe(&self, slot: &Slot, id: u64, answer: Arc<ProbeAnswer>) -> bool {
+        let waker = {
+            let occupant = slot.occupant();
+            match &occupant.task_waker {
+                Some(waker) if occupant.id == id => waker.clone(),
+                _ => return false,
+            }
+        };
+        {
+            let mut asked = lock_probes(&self.probes_asked);
+            // Answers nobody waits for any more (their request ended unpolled) go.
+            asked.retain(|(_, answer)| Arc::strong_count(answer) > 1);
+            asked.push((id, answer));
+        }
+        if !slot.raise(id, PROBE_WANTED) {
+            lock_probes(&self.probes_asked).retain(|(asked_for, _)| *asked_for != id);
+            return false;
+        }
+        waker.wake();
+        true
+    }
+
+    /// Delivers what the probe poll of request `id` found to whoever asked for it.
+    fn answer_probe(&self, id: u64, findings: ProbeFindings) {
+        let answer = {
+            let mut asked = lock_probes(&self.probes_asked);
+            let at = asked.iter().position(|(asked_for, _)| *asked_for == id);
+            at.map(|at| asked.swap_remove(at).1)
+        };
+        if let Some(answer) = answer {
+            *answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(findings);
+        }
+    }
+}
+
+fn lock_probes<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A registered request. Dropping it deregisters the request.
 pub(crate) struct Registration {
     registry: Arc<Registry>,
-    slot: Arc<Slot>,
+    slot: SlotRef,
     id: u64,
-    shard: usize,
     /// A watchdog watches it: its task waker is kept for probe polls.
     watched: bool,
     /// Its watch lets go of websocket upgrades and event streams.
@@ -617,7 +723,7 @@ impl Registration {
         }
         let output = if self.slot.take_probe(self.id) {
             let (output, findings) = crate::stack::probe::poll_probed_with(cx, poll);
-            self.slot.answer_probe(self.id, findings);
+            self.registry.answer_probe(self.id, findings);
             output
         } else {
             poll(cx)
@@ -697,8 +803,7 @@ impl Registration {
             .compare_exchange(running, 0, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            let index = self.slot.number >> SHARD_BITS;
-            self.registry.lock(self.shard).free.push(index);
+            self.registry.release(self.id);
             return false;
         }
         self.slot
@@ -743,7 +848,7 @@ impl Drop for PollingScope<'_> {
 /// that the slot still holds the same request.
 #[derive(Clone)]
 pub(crate) struct RequestHandle {
-    pub(crate) slot: Arc<Slot>,
+    pub(crate) slot: SlotRef,
     pub(crate) id: u64,
 }
 

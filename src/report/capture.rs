@@ -77,49 +77,121 @@ fn matched_path<B>(_: &http::Request<B>) -> Option<&str> {
     None
 }
 
-/// Cuts `text` at `limit` bytes (on a character boundary), returning its full length when it
-/// was cut, and gives back a buffer that grew far past the limit.
-fn cut(text: &mut String, limit: usize) -> Option<usize> {
-    let total = text.len();
-    let cut = (total > limit).then(|| {
-        let mut at = limit;
-        while !text.is_char_boundary(at) {
-            at -= 1;
-        }
-        text.truncate(at);
-        total
-    });
-    if text.capacity() > 2 * limit {
-        text.shrink_to(limit + 64);
-    }
-    cut
-}
-
-/// What a request looked like when it came in, copied as received into reused buffers at
+/// What a request looked like when it came in, copied as received into one reused buffer at
 /// registration. Secrets are still in it: only [`RequestCapture::render`] reads it, and that
 /// redacts, so the request path only copies bytes and the matching runs for slow requests alone.
+///
+/// `text` holds the URI, then the route when it differs from the path, then an extension
+/// method's name, then one record per copied header: its index in the configured list (2 bytes),
+/// the bytes kept (2), the value's full length (4), and the bytes kept. One buffer sized to the
+/// request keeps a registry slot small: 100 000 requests in flight hold their text and little
+/// more.
 #[derive(Debug, Default)]
 pub(crate) struct RequestMeta {
-    pub(crate) method: http::Method,
-    pub(crate) version: http::Version,
+    text: Vec<u8>,
     /// `scheme://authority/path?query`, at most [`URI_LIMIT`] bytes of it.
-    uri: String,
-    /// The URI's full length, when it was cut.
-    uri_cut_from: Option<usize>,
-    pub(crate) route_key: String,
-    headers: Vec<HeaderCopy>,
-    header_count: usize,
+    uri_len: u32,
+    /// The URI's full length; more than `uri_len` when it was cut.
+    uri_total: u32,
+    /// Where the path begins in the URI (after `scheme://authority`).
+    path_at: u32,
+    /// The route axum matched, when there was one; 0 means the URI's path is the route.
+    route_len: u32,
+    /// The route's full length; more than `route_len` when it was cut.
+    route_total: u32,
+    /// Index into [`STANDARD_METHODS`], or [`EXTENSION_METHOD`] with the name in `text`.
+    method: u8,
+    method_len: u8,
+    version: http::Version,
 }
 
-/// One configured header of a request, as received.
-#[derive(Debug, Default)]
-struct HeaderCopy {
-    /// Its place in [`RequestCapture::headers`], which holds its name.
-    config_index: usize,
-    /// At most [`HEADER_VALUE_LIMIT`] bytes of the value; empty when the value is redacted.
-    value: Vec<u8>,
-    /// The value's full length.
-    len: usize,
+/// Methods kept as a one-byte code.
+const STANDARD_METHODS: [http::Method; 9] = [
+    http::Method::GET,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::DELETE,
+    http::Method::HEAD,
+    http::Method::OPTIONS,
+    http::Method::CONNECT,
+    http::Method::PATCH,
+    http::Method::TRACE,
+];
+const EXTENSION_METHOD: u8 = u8::MAX;
+/// Longest extension method name kept.
+const METHOD_LIMIT: usize = 64;
+/// Bytes before each copied header value in [`RequestMeta::text`].
+const HEADER_RECORD: usize = 8;
+/// Most configured headers one request copies; more matches are left out.
+const HEADER_COPY_LIMIT: usize = 32;
+
+impl RequestMeta {
+    pub(crate) fn method(&self) -> http::Method {
+        match STANDARD_METHODS.get(usize::from(self.method)) {
+            Some(method) => method.clone(),
+            None => {
+                let at = (self.uri_len + self.route_len) as usize;
+                http::Method::from_bytes(&self.text[at..at + usize::from(self.method_len)])
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    pub(crate) fn version(&self) -> http::Version {
+        self.version
+    }
+
+    fn uri(&self) -> &str {
+        std::str::from_utf8(&self.text[..self.uri_len as usize]).unwrap_or_default()
+    }
+
+    /// The route as a report's route key shows it: axum's matched route, or else the path.
+    pub(crate) fn route(&self) -> String {
+        if self.route_len == 0 {
+            let uri = self.uri();
+            let path = uri.get(self.path_at as usize..).unwrap_or_default();
+            let path = path.split_once('?').map_or(path, |(path, _)| path);
+            let mut route = path.to_owned();
+            if self.uri_total > self.uri_len && !uri.contains('?') {
+                let _ = write!(route, "…[truncated, {} bytes]", self.uri_total);
+            }
+            return route;
+        }
+        let at = self.uri_len as usize;
+        let mut route = std::str::from_utf8(&self.text[at..at + self.route_len as usize])
+            .unwrap_or_default()
+            .to_owned();
+        if self.route_total > self.route_len {
+            let _ = write!(route, "…[truncated, {} bytes]", self.route_total);
+        }
+        route
+    }
+
+    /// Each copied header: its index in the configured list, the bytes kept, its full length.
+    fn headers(&self) -> impl Iterator<Item = (usize, &[u8], usize)> + '_ {
+        let mut at = (self.uri_len + self.route_len) as usize + usize::from(self.method_len);
+        std::iter::from_fn(move || {
+            let record = self.text.get(at..at + HEADER_RECORD)?;
+            let index = u16::from_le_bytes([record[0], record[1]]);
+            let kept = usize::from(u16::from_le_bytes([record[2], record[3]]));
+            let len = u32::from_le_bytes([record[4], record[5], record[6], record[7]]);
+            let value = &self.text[at + HEADER_RECORD..at + HEADER_RECORD + kept];
+            at += HEADER_RECORD + kept;
+            Some((usize::from(index), value, len as usize))
+        })
+    }
+}
+
+/// `text` cut at `limit` bytes, on a character boundary.
+fn cut_at(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut at = limit;
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    &text[..at]
 }
 
 /// A request's description as reports show it, secrets redacted.
@@ -182,83 +254,113 @@ impl RequestCapture {
     /// Copies the request line and the selected headers as they are; values of redacted
     /// headers are not copied at all.
     pub(crate) fn fill<B>(&self, request: &http::Request<B>, meta: &mut RequestMeta) {
-        meta.method.clone_from(request.method());
-        meta.version = request.version();
-        meta.uri.clear();
-        meta.route_key.clear();
         let uri = request.uri();
-        if let Some(scheme) = uri.scheme_str() {
-            meta.uri.push_str(scheme);
-            meta.uri.push_str("://");
-        }
-        if let Some(authority) = uri.authority() {
-            meta.uri.push_str(authority.as_str());
-        }
-        match uri.path_and_query() {
-            Some(path_and_query) => meta.uri.push_str(path_and_query.as_str()),
-            None => meta.uri.push_str(uri.path()),
-        }
-        meta.uri_cut_from = cut(&mut meta.uri, URI_LIMIT);
-        match matched_path(request) {
-            Some(route) => meta.route_key.push_str(route),
-            None => meta.route_key.push_str(uri.path()),
-        }
-        if let Some(total) = cut(&mut meta.route_key, URI_LIMIT) {
-            let _ = write!(meta.route_key, "…[truncated, {total} bytes]");
-        }
-        meta.header_count = 0;
+        let scheme = uri.scheme_str();
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let path_and_query = uri
+            .path_and_query()
+            .map_or_else(|| uri.path(), |p| p.as_str());
+        let uri_total = scheme.map_or(0, |s| s.len() + 3) + authority.len() + path_and_query.len();
+        let uri_len = uri_total.min(URI_LIMIT);
+        let route = matched_path(request).unwrap_or_default();
+        let route_kept = cut_at(route, URI_LIMIT);
+        let method = request.method();
+        let (code, method_name) = match STANDARD_METHODS.iter().position(|m| m == method) {
+            Some(code) => (code as u8, ""),
+            None => (EXTENSION_METHOD, cut_at(method.as_str(), METHOD_LIMIT)),
+        };
+
         // One pass over the request's few headers beats a hash lookup per configured name.
+        let mut copied = [(0u16, &[][..], 0u32); HEADER_COPY_LIMIT];
+        let mut count = 0;
+        let mut header_bytes = 0;
         for (name, value) in request.headers() {
-            let Some(config_index) = self.headers.iter().position(|(wanted, _)| wanted == name)
-            else {
+            if count == HEADER_COPY_LIMIT {
+                break;
+            }
+            let Some(index) = self.headers.iter().position(|(wanted, _)| wanted == name) else {
                 continue;
             };
-            if meta.header_count == meta.headers.len() {
-                meta.headers.push(HeaderCopy::default());
-            }
-            let copy = &mut meta.headers[meta.header_count];
-            copy.config_index = config_index;
-            copy.value.clear();
             let bytes = value.as_bytes();
-            copy.len = bytes.len();
-            if !self.headers[config_index].1 {
-                copy.value
-                    .extend_from_slice(&bytes[..bytes.len().min(HEADER_VALUE_LIMIT)]);
-            }
-            if copy.value.capacity() > 2 * HEADER_VALUE_LIMIT {
-                copy.value.shrink_to(HEADER_VALUE_LIMIT);
-            }
-            meta.header_count += 1;
+            let kept = if self.headers[index].1 {
+                &[][..]
+            } else {
+                &bytes[..bytes.len().min(HEADER_VALUE_LIMIT)]
+            };
+            copied[count] = (
+                index as u16,
+                kept,
+                bytes.len().min(u32::MAX as usize) as u32,
+            );
+            count += 1;
+            header_bytes += HEADER_RECORD + kept.len();
+        }
+
+        let needed = uri_len + route_kept.len() + method_name.len() + header_bytes;
+        let text = &mut meta.text;
+        text.clear();
+        // A slot that once held a huge request gives the room back.
+        if text.capacity() > 2 * needed.max(512) {
+            text.shrink_to(needed);
+        }
+        text.reserve_exact(needed);
+        if let Some(scheme) = scheme {
+            text.extend_from_slice(scheme.as_bytes());
+            text.extend_from_slice(b"://");
+        }
+        text.extend_from_slice(authority.as_bytes());
+        let path_at = text.len();
+        text.extend_from_slice(path_and_query.as_bytes());
+        if uri_total > uri_len {
+            let kept = cut_at(std::str::from_utf8(text).unwrap_or_default(), URI_LIMIT).len();
+            text.truncate(kept);
+        }
+        meta.uri_len = text.len() as u32;
+        meta.path_at = path_at.min(text.len()) as u32;
+        meta.uri_total = uri_total.min(u32::MAX as usize) as u32;
+        text.extend_from_slice(route_kept.as_bytes());
+        meta.route_len = route_kept.len() as u32;
+        meta.route_total = route.len().min(u32::MAX as usize) as u32;
+        text.extend_from_slice(method_name.as_bytes());
+        meta.method = code;
+        meta.method_len = method_name.len() as u8;
+        meta.version = request.version();
+        for &(index, kept, len) in &copied[..count] {
+            text.extend_from_slice(&index.to_le_bytes());
+            text.extend_from_slice(&(kept.len() as u16).to_le_bytes());
+            text.extend_from_slice(&len.to_le_bytes());
+            text.extend_from_slice(kept);
         }
     }
 
     /// The request as a report shows it: query parameters, headers and the referer's query
     /// redacted, control characters escaped, long values cut with a visible mark.
     pub(crate) fn render(&self, meta: &RequestMeta) -> RenderedRequest {
-        let mut uri = String::with_capacity(meta.uri.len() + 16);
-        match meta.uri.split_once('?') {
+        let kept = meta.uri();
+        let mut uri = String::with_capacity(kept.len() + 16);
+        match kept.split_once('?') {
             Some((page, query)) => {
                 uri.push_str(page);
                 uri.push('?');
                 self.push_redacted_query(query, &mut uri);
             }
-            None => uri.push_str(&meta.uri),
+            None => uri.push_str(kept),
         }
-        if let Some(total) = meta.uri_cut_from {
-            let _ = write!(uri, "…[truncated, {total} bytes]");
+        if meta.uri_total > meta.uri_len {
+            let _ = write!(uri, "…[truncated, {} bytes]", meta.uri_total);
         }
-        let headers = meta.headers[..meta.header_count]
-            .iter()
-            .map(|copy| {
-                let (name, redacted) = &self.headers[copy.config_index];
+        let headers = meta
+            .headers()
+            .map(|(index, shown, len)| {
+                let (name, redacted) = &self.headers[index];
                 let mut value = String::new();
                 if *redacted {
                     value.push_str(REDACTED);
                 } else if name == header::REFERER {
                     // The previous page's URL carries its query, tokens and all.
-                    self.push_referer(&copy.value, copy.len, &mut value);
+                    self.push_referer(shown, len, &mut value);
                 } else {
-                    push_header_value(&copy.value, copy.len, &mut value);
+                    push_header_value(shown, len, &mut value);
                 }
                 (name.as_str().to_owned(), value)
             })
@@ -452,7 +554,8 @@ mod tests {
         let capture = capture(&["ticket"]);
         capture.fill(&request, &mut meta);
         // The secret header's value is never copied; the query is redacted when rendered.
-        assert!(!format!("{meta:?}").contains("Bearer"));
+        assert!(!meta.text.windows(6).any(|w| w == b"Bearer"));
+        assert!(meta.text.windows(11).any(|w| w == b"example.com"));
         let rendered = capture.render(&meta);
         assert_eq!(
             rendered.uri,
@@ -473,12 +576,41 @@ mod tests {
             .body(())
             .unwrap();
         capture.fill(&long, &mut meta);
-        let uri_capacity = meta.uri.capacity();
+        let capacity = meta.text.capacity();
         let short = http::Request::get("/b").body(()).unwrap();
         capture.fill(&short, &mut meta);
         assert_eq!(capture.render(&meta).uri, "/b");
-        assert_eq!(meta.header_count, 0);
-        assert_eq!(meta.uri.capacity(), uri_capacity);
+        assert!(capture.render(&meta).headers.is_empty());
+        assert_eq!(meta.text.capacity(), capacity);
+    }
+
+    #[test]
+    fn the_request_line_survives_the_copy() {
+        let capture = capture(&[]);
+        let mut meta = RequestMeta::default();
+        let absolute = http::Request::builder()
+            .method(http::Method::from_bytes(b"PURGE").unwrap())
+            .uri("https://api.example.com:8443/jobs/7?page=2")
+            .version(http::Version::HTTP_2)
+            .header("user-agent", "ua/1")
+            .body(())
+            .unwrap();
+        capture.fill(&absolute, &mut meta);
+        assert_eq!(meta.method().as_str(), "PURGE");
+        assert_eq!(meta.version(), http::Version::HTTP_2);
+        assert_eq!(meta.route(), "/jobs/7");
+        let rendered = capture.render(&meta);
+        assert_eq!(rendered.uri, "https://api.example.com:8443/jobs/7?page=2");
+        assert_eq!(rendered.headers, [("user-agent".into(), "ua/1".into())]);
+
+        let long_path = format!("/{}", "p".repeat(URI_LIMIT + 10));
+        let long = http::Request::post(long_path.as_str()).body(()).unwrap();
+        capture.fill(&long, &mut meta);
+        assert_eq!(meta.method(), http::Method::POST);
+        let mark = format!("…[truncated, {} bytes]", URI_LIMIT + 11);
+        assert_eq!(capture.render(&meta).uri.len(), URI_LIMIT + mark.len());
+        assert!(capture.render(&meta).uri.ends_with(&mark));
+        assert!(meta.route().ends_with(&mark));
     }
 
     #[test]

@@ -276,7 +276,7 @@ impl Deadline {
     pub async fn cancelled(&self) {
         match &self.inner {
             DeadlineInner::Request { handle, .. } => loop {
-                let notified = handle.slot.soft_cancelled.notified();
+                let notified = crate::registry::soft_bell(handle.id).notified();
                 let mut notified = std::pin::pin!(notified);
                 notified.as_mut().enable();
                 if self.is_cancelled() {

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::registry::{Registry, Seen, Slot};
+use crate::registry::{Registry, Seen, SlotRef};
 use crate::report::{
     AwaitStatus, AwaitedLeaf, Awaiting, BusyThread, Frame, FrameOrigin, LeafSignal, StackStatus,
     ThreadInfo,
@@ -19,7 +19,7 @@ pub(crate) type BusySnapshot = Vec<(ThreadInfo, u64, f64, StackEvidence)>;
 
 /// A probe poll the monitor asked for, and how long to wait for it.
 pub(crate) struct ProbeRequest {
-    pub(crate) slot: Arc<Slot>,
+    pub(crate) slot: SlotRef,
     pub(crate) id: u64,
     /// When the task has had its chance to be polled.
     pub(crate) deadline: Instant,
@@ -34,7 +34,7 @@ pub(crate) struct ProbeRequest {
 static WAITING: Mutex<Vec<WaitingProbe>> = Mutex::new(Vec::new());
 
 struct WaitingProbe {
-    slot: Arc<Slot>,
+    slot: SlotRef,
     id: u64,
     deadline: Instant,
     capture_timeout: Duration,
@@ -45,13 +45,14 @@ struct WaitingProbe {
 /// Asks for a probe poll of request `id` and returns what the reporter will wait on; `None`
 /// when the request never waited (no task waker was kept for it).
 pub(crate) fn request_probe(
-    slot: &Arc<Slot>,
+    registry: &Registry,
+    slot: &SlotRef,
     id: u64,
     waited: Duration,
     capture_timeout: Duration,
 ) -> Option<ProbeRequest> {
     let answer = Arc::new(ProbeAnswer::default());
-    if !slot.request_probe(id, answer.clone()) {
+    if !registry.request_probe(slot, id, answer.clone()) {
         return None;
     }
     let deadline = Instant::now() + waited;
