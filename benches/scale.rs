@@ -39,6 +39,8 @@ const SIZE_CLASSES: usize = 8192;
 struct Counting;
 
 static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+/// Live bytes in allocations of [`SIZE_CLASSES`] bytes or more, whose class is shared.
+static LIVE_LARGE_BYTES: AtomicI64 = AtomicI64::new(0);
 static LIVE_BY_SIZE: [AtomicI64; SIZE_CLASSES + 1] =
     [const { AtomicI64::new(0) }; SIZE_CLASSES + 1];
 
@@ -46,11 +48,18 @@ fn class(size: usize) -> usize {
     size.min(SIZE_CLASSES)
 }
 
+fn count_large(size: usize, sign: i64) {
+    if size >= SIZE_CLASSES {
+        LIVE_LARGE_BYTES.fetch_add(sign * size as i64, Ordering::Relaxed);
+    }
+}
+
 // SAFETY: every call is forwarded unchanged to the system allocator; the counters are atomics.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
         LIVE_BY_SIZE[class(layout.size())].fetch_add(1, Ordering::Relaxed);
+        count_large(layout.size(), 1);
         // SAFETY: same layout, as the caller promised.
         unsafe { System.alloc(layout) }
     }
@@ -58,6 +67,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
         LIVE_BY_SIZE[class(layout.size())].fetch_add(1, Ordering::Relaxed);
+        count_large(layout.size(), 1);
         // SAFETY: same layout, as the caller promised.
         unsafe { System.alloc_zeroed(layout) }
     }
@@ -65,6 +75,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
         LIVE_BY_SIZE[class(layout.size())].fetch_sub(1, Ordering::Relaxed);
+        count_large(layout.size(), -1);
         // SAFETY: `ptr` came from this allocator with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -73,6 +84,8 @@ unsafe impl GlobalAlloc for Counting {
         LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
         LIVE_BY_SIZE[class(layout.size())].fetch_sub(1, Ordering::Relaxed);
         LIVE_BY_SIZE[class(new_size)].fetch_add(1, Ordering::Relaxed);
+        count_large(layout.size(), -1);
+        count_large(new_size, 1);
         // SAFETY: `ptr` came from this allocator with this layout.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -84,6 +97,7 @@ static ALLOCATOR: Counting = Counting;
 /// A snapshot of the live heap.
 struct Heap {
     bytes: i64,
+    large_bytes: i64,
     by_size: Vec<i64>,
 }
 
@@ -91,6 +105,7 @@ impl Heap {
     fn now() -> Self {
         Self {
             bytes: LIVE_BYTES.load(Ordering::Relaxed),
+            large_bytes: LIVE_LARGE_BYTES.load(Ordering::Relaxed),
             by_size: LIVE_BY_SIZE
                 .iter()
                 .map(|c| c.load(Ordering::Relaxed))
@@ -109,7 +124,12 @@ impl Heap {
             .enumerate()
             .filter_map(|(size, (a, b))| {
                 let count = (a - b) as f64 / n as f64;
-                (count.abs() >= 0.01).then_some((size, count, count * size as f64))
+                let bytes = if size == SIZE_CLASSES {
+                    (after.large_bytes - self.large_bytes) as f64 / n as f64
+                } else {
+                    count * size as f64
+                };
+                (count.abs() >= 0.01 || bytes.abs() >= 1.0).then_some((size, count, bytes))
             })
             .collect();
         sizes.sort_by(|a, b| b.2.total_cmp(&a.2));

@@ -323,7 +323,7 @@ fn describe(
     at_ns: u64,
 ) -> Option<RawReport> {
     let occupant = slot.occupant();
-    if occupant.id != id || !occupant.watched {
+    if occupant.id != id || !slot.watches(id) {
         return None;
     }
     let meta = &occupant.request;

@@ -26,7 +26,7 @@ const FINISHED: u64 = 3;
 /// Sentinel for "nothing due".
 pub(crate) const NEVER: u64 = u64::MAX;
 
-const FLAG_BITS: u64 = 4;
+const FLAG_BITS: u64 = 5;
 /// The soft deadline has passed: the request's `Deadline` is cancelled.
 pub(crate) const SOFT_FIRED: u64 = 1;
 /// The hard deadline has passed: the response future must answer 503.
@@ -35,6 +35,10 @@ pub(crate) const HARD_FIRED: u64 = 2;
 pub(crate) const WEDGED: u64 = 4;
 /// The monitor asked for a probe poll of the request.
 const PROBE_WANTED: u64 = 8;
+/// A watchdog watches the request, and the slot's description is its.
+const WATCHED: u64 = 16;
+/// Bits of a request id's generation: an id shifted past the flags must still fit in a word.
+const GENERATION_BITS: u32 = 64 - 32 - FLAG_BITS as u32;
 /// The flags that say how the request's deadlines stand.
 const DEADLINE_FLAGS: u64 = SOFT_FIRED | HARD_FIRED | WEDGED;
 
@@ -102,19 +106,24 @@ impl Clock {
 
 /// One in-flight request's record: atomics the request path and the monitor share, and the
 /// rest under one lock. Kept small, since a busy service has one per request in flight.
+///
+/// `word` and `due_ns` come first, in this order, so a scan reads one cache line per slot.
+#[repr(C)]
 pub(crate) struct Slot {
     /// `id << PHASE_BITS | phase`, or 0 while the slot is free.
     word: AtomicU64,
-    /// Hash of the request's route, for adaptive isolation (0 when not needed).
-    route_hash: AtomicU64,
-    /// When the handler answered and the body began to stream (0 while the handler runs).
-    body_started_ns: AtomicU64,
-    body_bytes: AtomicU64,
-    body_frames: AtomicU64,
-    body_last_ns: AtomicU64,
-    started_ns: AtomicU64,
     /// Earliest of the events below: what the monitor schedules by.
     due_ns: AtomicU64,
+    /// Hash of the request's route, for adaptive isolation (0 when not needed).
+    route_hash: AtomicU32,
+    /// Milliseconds from the start to when the handler answered and the body began to
+    /// stream, plus one (0 while the handler runs).
+    body_started_ms: AtomicU32,
+    body_bytes: AtomicU64,
+    body_frames: AtomicU32,
+    /// Milliseconds from the start to the body's last frame.
+    body_last_ms: AtomicU32,
+    started_ns: AtomicU64,
     watch_due_ns: AtomicU64,
     soft_due_ns: AtomicU64,
     hard_due_ns: AtomicU64,
@@ -135,8 +144,6 @@ pub(crate) struct Slot {
 #[derive(Default)]
 pub(crate) struct Occupant {
     pub(crate) id: u64,
-    /// A watchdog watches the request, and `request` describes it.
-    pub(crate) watched: bool,
     pub(crate) request: RequestMeta,
     pub(crate) parts: Option<Arc<Parts>>,
     /// Woken at the hard deadline: the response future of the timebox.
@@ -150,11 +157,11 @@ impl Slot {
     fn new() -> Self {
         Self {
             word: AtomicU64::new(0),
-            route_hash: AtomicU64::new(0),
-            body_started_ns: AtomicU64::new(0),
+            route_hash: AtomicU32::new(0),
+            body_started_ms: AtomicU32::new(0),
             body_bytes: AtomicU64::new(0),
-            body_frames: AtomicU64::new(0),
-            body_last_ns: AtomicU64::new(0),
+            body_frames: AtomicU32::new(0),
+            body_last_ms: AtomicU32::new(0),
             started_ns: AtomicU64::new(0),
             due_ns: AtomicU64::new(NEVER),
             watch_due_ns: AtomicU64::new(NEVER),
@@ -197,26 +204,42 @@ impl Slot {
                 occupant
                     .parts
                     .clone()
-                    .map(|parts| (parts, occupant.watched))
+                    .map(|parts| (parts, self.watches(id)))
             })
             .flatten()
     }
 
-    /// The body's progress, once the handler has answered: started, bytes, frames, last frame.
+    /// Whether a watchdog watches request `id`.
+    pub(crate) fn watches(&self, id: u64) -> bool {
+        let word = self.deadline_flags.load(Ordering::Acquire);
+        word >> FLAG_BITS == id && word & WATCHED != 0
+    }
+
+    /// The body's progress, once the handler has answered, in registry nanoseconds (to the
+    /// millisecond): started, bytes, frames, last frame.
     pub(crate) fn body_progress(&self) -> Option<(u64, u64, u64, u64)> {
-        let started = self.body_started_ns.load(Ordering::Acquire);
-        (started != 0).then(|| {
+        let started_ms = self.body_started_ms.load(Ordering::Acquire);
+        let request_started = self.started_ns();
+        let at = |ms: u32| request_started + u64::from(ms) * 1_000_000;
+        (started_ms != 0).then(|| {
             (
-                started,
+                at(started_ms - 1),
                 self.body_bytes.load(Ordering::Relaxed),
-                self.body_frames.load(Ordering::Relaxed),
-                self.body_last_ns.load(Ordering::Relaxed),
+                u64::from(self.body_frames.load(Ordering::Relaxed)),
+                at(self.body_last_ms.load(Ordering::Relaxed)),
             )
         })
     }
 
+    /// Milliseconds since the request started, to the coarse clock's precision.
+    fn ms_since_start(&self, clock: &Clock) -> u32 {
+        let ms = clock.coarse_now_ns().saturating_sub(self.started_ns()) / 1_000_000;
+        ms.min(u64::from(u32::MAX - 1)) as u32
+    }
+
+    /// A hash of the request's route (its low 32 bits: enough to tell routes apart).
     pub(crate) fn route_hash(&self) -> u64 {
-        self.route_hash.load(Ordering::Relaxed)
+        u64::from(self.route_hash.load(Ordering::Relaxed))
     }
 
     pub(crate) fn started_ns(&self) -> u64 {
@@ -543,20 +566,21 @@ impl Registry {
             .generation
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1)
-            & 0x3fff_ffff;
+            & ((1 << GENERATION_BITS) - 1);
         let generation = generation.max(1);
         let id = (u64::from(generation) << 32) | u64::from(number);
         let due_ns = dues.watch.min(dues.soft).min(dues.hard);
         let watched = dues.watch != NEVER;
         slot.started_ns.store(started_ns, Ordering::Relaxed);
-        slot.route_hash.store(route_hash, Ordering::Relaxed);
-        slot.body_started_ns.store(0, Ordering::Relaxed);
+        slot.route_hash.store(route_hash as u32, Ordering::Relaxed);
+        slot.body_started_ms.store(0, Ordering::Relaxed);
         slot.watch_due_ns.store(dues.watch, Ordering::Relaxed);
         slot.soft_due_ns.store(dues.soft, Ordering::Relaxed);
         slot.hard_due_ns.store(dues.hard, Ordering::Relaxed);
         slot.due_ns.store(due_ns, Ordering::Relaxed);
+        let watched_flag = if watched { WATCHED } else { 0 };
         slot.deadline_flags
-            .store(id << FLAG_BITS, Ordering::Release);
+            .store(id << FLAG_BITS | watched_flag, Ordering::Release);
         slot.reports.store(0, Ordering::Relaxed);
         slot.polling_tid.store(0, Ordering::Relaxed);
         // A status left by the slot's previous request must never describe this one.
@@ -564,7 +588,6 @@ impl Registry {
         {
             let mut occupant = slot.occupant();
             occupant.id = id;
-            occupant.watched = watched;
             // Wakers of the slot's last request must not be called for this one.
             occupant.task_waker = None;
             occupant.deadline_waker = None;
@@ -747,11 +770,11 @@ impl Registration {
             slot.hard_due_ns.store(NEVER, Ordering::Relaxed);
             slot.reschedule();
         }
-        let now = self.registry.clock.coarse_now_ns().max(1);
+        let now = slot.ms_since_start(&self.registry.clock);
         slot.body_bytes.store(0, Ordering::Relaxed);
         slot.body_frames.store(0, Ordering::Relaxed);
-        slot.body_last_ns.store(now, Ordering::Relaxed);
-        slot.body_started_ns.store(now, Ordering::Release);
+        slot.body_last_ms.store(now, Ordering::Relaxed);
+        slot.body_started_ms.store(now + 1, Ordering::Release);
     }
 
     /// One frame of the response body went out.
@@ -763,11 +786,11 @@ impl Registration {
             Ordering::Relaxed,
         );
         slot.body_frames.store(
-            slot.body_frames.load(Ordering::Relaxed) + 1,
+            slot.body_frames.load(Ordering::Relaxed).saturating_add(1),
             Ordering::Relaxed,
         );
-        slot.body_last_ns
-            .store(self.registry.clock.coarse_now_ns(), Ordering::Relaxed);
+        slot.body_last_ms
+            .store(slot.ms_since_start(&self.registry.clock), Ordering::Relaxed);
     }
 
     /// A handle to the request that does not own its registration.
@@ -981,5 +1004,58 @@ impl Wake {
 
     pub(crate) fn woke_up(&self) {
         self.sleeping_until.store(AWAKE, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dues() -> Dues {
+        Dues {
+            watch: 1_000_000_000,
+            soft: NEVER,
+            hard: NEVER,
+        }
+    }
+
+    #[test]
+    fn ids_of_every_generation_keep_their_flags() {
+        let registry = Arc::new(Registry::new());
+        let parts = Arc::new(Parts {
+            registry: registry.clone(),
+            watch: None,
+            deadlines: None,
+        });
+        // The last generations before the counter wraps: their ids, shifted past the flags,
+        // must still fit in a word, or every deadline check would read "moved on".
+        let first = registry.register(0, dues(), 0, &parts, |_| {});
+        let slot = first.slot.clone();
+        drop(first);
+        slot.generation
+            .store((1 << GENERATION_BITS) - 3, Ordering::Relaxed);
+        for _ in 0..4 {
+            let registration = registry.register(0, dues(), 0, &parts, |_| {});
+            let id = registration.id();
+            assert!(Arc::ptr_eq(&registration.slot.chunk, &slot.chunk));
+            assert_eq!(slot.current_id(), id);
+            assert_eq!(slot.flags(id), 0, "a fresh request has no deadline passed");
+            assert!(slot.watches(id));
+            assert!(slot.raise(id, SOFT_FIRED));
+            assert_eq!(slot.flags_if_current(id), Some(SOFT_FIRED));
+            drop(registration);
+            assert_eq!(slot.current_id(), 0);
+            assert_eq!(slot.flags_if_current(id), None, "it reads as over");
+        }
+    }
+
+    #[test]
+    fn a_slot_is_small() {
+        // 100 000 requests in flight hold one slot each.
+        assert!(
+            std::mem::size_of::<Slot>() <= 256,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
     }
 }
