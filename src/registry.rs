@@ -104,16 +104,19 @@ impl Clock {
     }
 }
 
-/// One in-flight request's record: atomics the request path and the monitor share, and the
-/// rest under one lock. Kept small, since a busy service has one per request in flight.
-///
-/// `word` and `due_ns` come first, in this order, so a scan reads one cache line per slot.
-#[repr(C)]
-pub(crate) struct Slot {
+/// What a scan reads of a slot, kept apart from the slots in a dense array: a scan of a large
+/// registry reads 16 bytes per slot rather than a cache line.
+struct Head {
     /// `id << PHASE_BITS | phase`, or 0 while the slot is free.
     word: AtomicU64,
-    /// Earliest of the events below: what the monitor schedules by.
+    /// Earliest of the slot's events: what the monitor schedules by.
     due_ns: AtomicU64,
+}
+
+/// One in-flight request's record (beyond its [`Head`]): atomics the request path and the
+/// monitor share, and the rest under one lock. Kept small, since a busy service has one per
+/// request in flight.
+pub(crate) struct Slot {
     /// Hash of the request's route, for adaptive isolation (0 when not needed).
     route_hash: AtomicU32,
     /// Milliseconds from the start to when the handler answered and the body began to
@@ -156,14 +159,12 @@ pub(crate) struct Occupant {
 impl Slot {
     fn new() -> Self {
         Self {
-            word: AtomicU64::new(0),
             route_hash: AtomicU32::new(0),
             body_started_ms: AtomicU32::new(0),
             body_bytes: AtomicU64::new(0),
             body_frames: AtomicU32::new(0),
             body_last_ms: AtomicU32::new(0),
             started_ns: AtomicU64::new(0),
-            due_ns: AtomicU64::new(NEVER),
             watch_due_ns: AtomicU64::new(NEVER),
             soft_due_ns: AtomicU64::new(NEVER),
             hard_due_ns: AtomicU64::new(NEVER),
@@ -246,17 +247,11 @@ impl Slot {
         self.started_ns.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn due_ns(&self) -> u64 {
-        self.due_ns.load(Ordering::Relaxed)
-    }
-
-    /// Recomputes the monitor's due time from the pending events.
-    pub(crate) fn reschedule(&self) {
-        let due = self
-            .watch_due_ns()
+    /// The earliest pending event.
+    fn earliest_due_ns(&self) -> u64 {
+        self.watch_due_ns()
             .min(self.soft_due_ns.load(Ordering::Relaxed))
-            .min(self.hard_due_ns.load(Ordering::Relaxed));
-        self.due_ns.store(due, Ordering::Relaxed);
+            .min(self.hard_due_ns.load(Ordering::Relaxed))
     }
 
     pub(crate) fn watch_due_ns(&self) -> u64 {
@@ -275,11 +270,6 @@ impl Slot {
     /// Takes the hard deadline if it has come: true once per request.
     pub(crate) fn take_hard_due(&self, now: u64) -> bool {
         take_due(&self.hard_due_ns, now)
-    }
-
-    /// The slot's current request id, or 0 when free.
-    pub(crate) fn current_id(&self) -> u64 {
-        self.word.load(Ordering::Acquire) >> PHASE_BITS
     }
 
     /// Sets deadline flags for request `id`; false if the slot has moved on to another request.
@@ -310,12 +300,6 @@ impl Slot {
         } else {
             SOFT_FIRED | HARD_FIRED
         }
-    }
-
-    /// Deadline flags of request `id`, or `None` if the slot no longer holds it.
-    pub(crate) fn flags_if_current(&self, id: u64) -> Option<u64> {
-        let word = self.deadline_flags.load(Ordering::Acquire);
-        (word >> FLAG_BITS == id && self.current_id() == id).then_some(word & DEADLINE_FLAGS)
     }
 
     /// Stores the waker to call at the hard deadline, cloning only when it changed.
@@ -379,19 +363,6 @@ impl Slot {
             (status != 0).then_some(status),
         )
     }
-
-    /// Marks the request stuck; false if it already finished (or the slot moved on).
-    pub(crate) fn mark_stuck(&self, id: u64) -> bool {
-        let running = id << PHASE_BITS | RUNNING;
-        let stuck = id << PHASE_BITS | STUCK;
-        match self
-            .word
-            .compare_exchange(running, stuck, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => true,
-            Err(current) => current == stuck,
-        }
-    }
 }
 
 /// What the monitor sees of a slot in one scan.
@@ -414,6 +385,7 @@ pub(crate) enum Seen {
 const CHUNK_SLOTS: usize = 64;
 
 struct Chunk {
+    heads: [Head; CHUNK_SLOTS],
     slots: [Slot; CHUNK_SLOTS],
 }
 
@@ -432,27 +404,103 @@ impl std::ops::Deref for SlotRef {
     }
 }
 
-/// A slot met in a scan: readable at once, and turned into a [`SlotRef`] only when kept.
+impl SlotRef {
+    pub(crate) fn at(&self) -> SlotAt<'_> {
+        SlotAt {
+            chunk: &self.chunk,
+            index: self.index,
+        }
+    }
+
+    /// The slot's current request id, or 0 when free.
+    pub(crate) fn current_id(&self) -> u64 {
+        self.at().current_id()
+    }
+
+    pub(crate) fn due_ns(&self) -> u64 {
+        self.at().due_ns()
+    }
+
+    /// Recomputes the monitor's due time from the pending events.
+    pub(crate) fn reschedule(&self) {
+        self.at().reschedule();
+    }
+
+    /// Marks the request stuck; false if it already finished (or the slot moved on).
+    pub(crate) fn mark_stuck(&self, id: u64) -> bool {
+        self.at().mark_stuck(id)
+    }
+
+    /// Deadline flags of request `id`, or `None` if the slot no longer holds it.
+    pub(crate) fn flags_if_current(&self, id: u64) -> Option<u64> {
+        self.at().flags_if_current(id)
+    }
+}
+
+/// A slot with its head, borrowed: what a scan meets, turned into a [`SlotRef`] only when kept.
 #[derive(Clone, Copy)]
-pub(crate) struct ScannedSlot<'a> {
+pub(crate) struct SlotAt<'a> {
     chunk: &'a Arc<Chunk>,
     index: usize,
 }
 
-impl ScannedSlot<'_> {
+impl std::ops::Deref for SlotAt<'_> {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        &self.chunk.slots[self.index]
+    }
+}
+
+impl<'a> SlotAt<'a> {
     pub(crate) fn to_ref(self) -> SlotRef {
         SlotRef {
             chunk: self.chunk.clone(),
             index: self.index,
         }
     }
-}
 
-impl std::ops::Deref for ScannedSlot<'_> {
-    type Target = Slot;
+    fn head(&self) -> &'a Head {
+        &self.chunk.heads[self.index]
+    }
 
-    fn deref(&self) -> &Slot {
+    fn slot(&self) -> &'a Slot {
         &self.chunk.slots[self.index]
+    }
+
+    /// The slot's current request id, or 0 when free.
+    pub(crate) fn current_id(&self) -> u64 {
+        self.head().word.load(Ordering::Acquire) >> PHASE_BITS
+    }
+
+    pub(crate) fn due_ns(&self) -> u64 {
+        self.head().due_ns.load(Ordering::Relaxed)
+    }
+
+    /// Recomputes the monitor's due time from the pending events.
+    pub(crate) fn reschedule(&self) {
+        let due = self.slot().earliest_due_ns();
+        self.head().due_ns.store(due, Ordering::Relaxed);
+    }
+
+    /// Deadline flags of request `id`, or `None` if the slot no longer holds it.
+    pub(crate) fn flags_if_current(&self, id: u64) -> Option<u64> {
+        let word = self.slot().deadline_flags.load(Ordering::Acquire);
+        (word >> FLAG_BITS == id && self.current_id() == id).then_some(word & DEADLINE_FLAGS)
+    }
+
+    /// Marks the request stuck; false if it already finished (or the slot moved on).
+    pub(crate) fn mark_stuck(&self, id: u64) -> bool {
+        let running = id << PHASE_BITS | RUNNING;
+        let stuck = id << PHASE_BITS | STUCK;
+        match self
+            .head()
+            .word
+            .compare_exchange(running, stuck, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(current) => current == stuck,
+        }
     }
 }
 
@@ -548,6 +596,10 @@ impl Registry {
                     let index = guard.made;
                     if index % CHUNK_SLOTS == 0 {
                         guard.chunks.push(Arc::new(Chunk {
+                            heads: std::array::from_fn(|_| Head {
+                                word: AtomicU64::new(0),
+                                due_ns: AtomicU64::new(NEVER),
+                            }),
                             slots: std::array::from_fn(|_| Slot::new()),
                         }));
                     }
@@ -577,7 +629,8 @@ impl Registry {
         slot.watch_due_ns.store(dues.watch, Ordering::Relaxed);
         slot.soft_due_ns.store(dues.soft, Ordering::Relaxed);
         slot.hard_due_ns.store(dues.hard, Ordering::Relaxed);
-        slot.due_ns.store(due_ns, Ordering::Relaxed);
+        let head = slot.at().head();
+        head.due_ns.store(due_ns, Ordering::Relaxed);
         let watched_flag = if watched { WATCHED } else { 0 };
         slot.deadline_flags
             .store(id << FLAG_BITS | watched_flag, Ordering::Release);
@@ -602,7 +655,7 @@ impl Registry {
                 fill(&mut occupant.request);
             }
         }
-        slot.word
+        head.word
             .store(id << PHASE_BITS | RUNNING, Ordering::Release);
         self.wake.note_due(due_ns);
         Registration {
@@ -621,8 +674,10 @@ impl Registry {
     }
 
     /// Frees a slot whose completion record the monitor has emitted.
-    pub(crate) fn release_finished(&self, slot: &Slot, id: u64) {
+    pub(crate) fn release_finished(&self, slot: &SlotRef, id: u64) {
         if slot
+            .at()
+            .head()
             .word
             .compare_exchange(
                 id << PHASE_BITS | FINISHED,
@@ -638,15 +693,15 @@ impl Registry {
 
     /// Calls `visit` for every occupied slot. Holds one shard lock at a time, briefly: the
     /// visitor must only read atomics and copy.
-    pub(crate) fn scan(&self, mut visit: impl FnMut(ScannedSlot<'_>, Seen)) {
+    pub(crate) fn scan(&self, mut visit: impl FnMut(SlotAt<'_>, Seen)) {
         for shard in 0..self.shards.len() {
             let guard = self.lock(shard);
             let mut left = guard.made;
             for chunk in &guard.chunks {
                 let in_chunk = left.min(CHUNK_SLOTS);
                 left -= in_chunk;
-                for (index, slot) in chunk.slots[..in_chunk].iter().enumerate() {
-                    let word = slot.word.load(Ordering::Acquire);
+                for (index, head) in chunk.heads[..in_chunk].iter().enumerate() {
+                    let word = head.word.load(Ordering::Acquire);
                     if word == 0 {
                         continue;
                     }
@@ -657,7 +712,7 @@ impl Registry {
                         FINISHED => Seen::FinishedAfterStuck { id },
                         _ => continue,
                     };
-                    visit(ScannedSlot { chunk, index }, seen);
+                    visit(SlotAt { chunk, index }, seen);
                 }
             }
         }
@@ -820,8 +875,8 @@ impl Registration {
         let running = self.id << PHASE_BITS | RUNNING;
         let stuck = self.id << PHASE_BITS | STUCK;
         self.slot.polling_tid.store(0, Ordering::Release);
-        if self
-            .slot
+        let head = self.slot.at().head();
+        if head
             .word
             .compare_exchange(running, 0, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -832,8 +887,7 @@ impl Registration {
         self.slot
             .finished_ns
             .store(self.registry.clock.now_ns(), Ordering::Relaxed);
-        self.slot
-            .word
+        head.word
             .compare_exchange(
                 stuck,
                 self.id << PHASE_BITS | FINISHED,
