@@ -14,7 +14,8 @@
 //!   100k in flight, and with 0 in flight once the registry has grown to 100k slots.
 //!
 //! Environment: `SCALE_N` (default 100000), `SCALE_WINDOW_SECS` (default 5),
-//! `SCALE_ALTERNATIONS` (default 12).
+//! `SCALE_ALTERNATIONS` (default 12), `SCALE_REPORT_HEADERS=none` to copy no headers into
+//! reports (the registry then holds the URI alone of each request).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -463,7 +464,15 @@ fn main() {
     let _guard = rt.enter();
 
     // Thresholds far beyond the run: the held requests are awaiting, never reported.
-    let watchdog = WatchdogLayer::new(Duration::from_secs(600));
+    let copy_headers = std::env::var("SCALE_REPORT_HEADERS").as_deref() != Ok("none");
+    let watchdog = if copy_headers {
+        WatchdogLayer::new(Duration::from_secs(600))
+    } else {
+        WatchdogLayer::builder(Duration::from_secs(600))
+            .report_headers([])
+            .build()
+            .expect("watchdog")
+    };
     let inline = Vigil::new().watchdog(watchdog.clone()).timebox(
         TimeboxLayer::builder(Duration::from_secs(660))
             .isolation(false)
@@ -477,8 +486,14 @@ fn main() {
     let mut fast = WatchdogLayer::new(Duration::from_secs(25)).layer(Bare);
 
     println!(
-        "scale: {n} requests in flight; response future {} B (held by the caller, not counted)",
-        std::mem::size_of_val(&held_inline.call(api_request(0)))
+        "scale: {n} requests in flight; response future {} B (held by the caller, not counted); \
+         {}",
+        std::mem::size_of_val(&held_inline.call(api_request(0))),
+        if copy_headers {
+            "reports copy the default headers"
+        } else {
+            "reports copy no headers (SCALE_REPORT_HEADERS=none)"
+        }
     );
 
     // Warm up: thread-locals, the home shard, tracing's callsites, the first slot.
