@@ -302,9 +302,14 @@ impl Slot {
         }
     }
 
-    /// Stores the waker to call at the hard deadline, cloning only when it changed.
-    pub(crate) fn set_waker(&self, waker: &Waker) {
+    /// Stores the waker to call at request `id`'s hard deadline, cloning only when it changed;
+    /// nothing once the slot has moved on, so a late poll cannot leave its waker to a later
+    /// request's deadline.
+    pub(crate) fn set_waker(&self, id: u64, waker: &Waker) {
         let mut occupant = self.occupant();
+        if occupant.id != id {
+            return;
+        }
         match &occupant.deadline_waker {
             Some(current) if current.will_wake(waker) => {}
             _ => occupant.deadline_waker = Some(waker.clone()),
@@ -1101,6 +1106,37 @@ mod tests {
             assert_eq!(slot.current_id(), 0);
             assert_eq!(slot.flags_if_current(id), None, "it reads as over");
         }
+    }
+
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_late_poll_cannot_leave_its_waker_to_the_next_request() {
+        let registry = Arc::new(Registry::new());
+        let parts = Arc::new(Parts {
+            registry: registry.clone(),
+            watch: None,
+            deadlines: None,
+        });
+        let earlier = registry.register(0, dues(), 0, &parts, |_| {});
+        let (slot, earlier_id) = (earlier.slot.clone(), earlier.id());
+        drop(earlier);
+        let later = registry.register(0, dues(), 0, &parts, |_| {});
+        assert!(Arc::ptr_eq(&later.slot.chunk, &slot.chunk) && later.slot.index == slot.index);
+        let stale = Arc::new(CountingWaker(Default::default()));
+        slot.set_waker(earlier_id, &Waker::from(stale.clone()));
+        let current = Arc::new(CountingWaker(Default::default()));
+        slot.set_waker(later.id(), &Waker::from(current.clone()));
+        slot.set_waker(earlier_id, &Waker::from(stale.clone()));
+        slot.wake();
+        assert_eq!(stale.0.load(Ordering::SeqCst), 0);
+        assert_eq!(current.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -255,13 +255,10 @@ impl RequestCapture {
     /// headers are not copied at all.
     pub(crate) fn fill<B>(&self, request: &http::Request<B>, meta: &mut RequestMeta) {
         let uri = request.uri();
-        let scheme = uri.scheme_str();
         let authority = uri.authority().map_or("", |a| a.as_str());
         let path_and_query = uri
             .path_and_query()
             .map_or_else(|| uri.path(), |p| p.as_str());
-        let uri_total = scheme.map_or(0, |s| s.len() + 3) + authority.len() + path_and_query.len();
-        let uri_len = uri_total.min(URI_LIMIT);
         let route = matched_path(request).unwrap_or_default();
         let route_kept = cut_at(route, URI_LIMIT);
         let method = request.method();
@@ -270,12 +267,50 @@ impl RequestCapture {
             None => (EXTENSION_METHOD, cut_at(method.as_str(), METHOD_LIMIT)),
         };
 
+        let text = &mut meta.text;
+        text.clear();
+        // Capacity grows exactly (`reserve_exact`), so a slot holds the largest request it has
+        // described and no more; once warm, a request of that size or less allocates nothing.
+        let mut uri_total = 0;
+        let mut path_at = 0;
+        let scheme = uri.scheme_str().map(|scheme| [scheme, "://"]);
+        for (part, is_path) in scheme
+            .iter()
+            .flatten()
+            .map(|part| (*part, false))
+            .chain([(authority, false), (path_and_query, true)])
+        {
+            if is_path {
+                path_at = text.len();
+            }
+            uri_total += part.len();
+            let room = URI_LIMIT - text.len();
+            let kept = &part.as_bytes()[..part.len().min(room)];
+            text.reserve_exact(kept.len());
+            text.extend_from_slice(kept);
+        }
+        if uri_total > text.len() {
+            // Cut on a character boundary.
+            if let Err(error) = std::str::from_utf8(text) {
+                text.truncate(error.valid_up_to());
+            }
+        }
+        meta.uri_len = text.len() as u32;
+        meta.path_at = path_at.min(text.len()) as u32;
+        meta.uri_total = uri_total.min(u32::MAX as usize) as u32;
+        text.reserve_exact(route_kept.len() + method_name.len());
+        text.extend_from_slice(route_kept.as_bytes());
+        meta.route_len = route_kept.len() as u32;
+        meta.route_total = route.len().min(u32::MAX as usize) as u32;
+        text.extend_from_slice(method_name.as_bytes());
+        meta.method = code;
+        meta.method_len = method_name.len() as u8;
+        meta.version = request.version();
+
         // One pass over the request's few headers beats a hash lookup per configured name.
-        let mut copied = [(0u16, &[][..], 0u32); HEADER_COPY_LIMIT];
-        let mut count = 0;
-        let mut header_bytes = 0;
+        let mut copied = 0;
         for (name, value) in request.headers() {
-            if count == HEADER_COPY_LIMIT {
+            if copied == HEADER_COPY_LIMIT {
                 break;
             }
             let Some(index) = self.headers.iter().position(|(wanted, _)| wanted == name) else {
@@ -287,49 +322,17 @@ impl RequestCapture {
             } else {
                 &bytes[..bytes.len().min(HEADER_VALUE_LIMIT)]
             };
-            copied[count] = (
-                index as u16,
-                kept,
-                bytes.len().min(u32::MAX as usize) as u32,
-            );
-            count += 1;
-            header_bytes += HEADER_RECORD + kept.len();
-        }
-
-        let needed = uri_len + route_kept.len() + method_name.len() + header_bytes;
-        let text = &mut meta.text;
-        text.clear();
-        // A slot that once held a huge request gives the room back.
-        if text.capacity() > 2 * needed.max(512) {
-            text.shrink_to(needed);
-        }
-        text.reserve_exact(needed);
-        if let Some(scheme) = scheme {
-            text.extend_from_slice(scheme.as_bytes());
-            text.extend_from_slice(b"://");
-        }
-        text.extend_from_slice(authority.as_bytes());
-        let path_at = text.len();
-        text.extend_from_slice(path_and_query.as_bytes());
-        if uri_total > uri_len {
-            let kept = cut_at(std::str::from_utf8(text).unwrap_or_default(), URI_LIMIT).len();
-            text.truncate(kept);
-        }
-        meta.uri_len = text.len() as u32;
-        meta.path_at = path_at.min(text.len()) as u32;
-        meta.uri_total = uri_total.min(u32::MAX as usize) as u32;
-        text.extend_from_slice(route_kept.as_bytes());
-        meta.route_len = route_kept.len() as u32;
-        meta.route_total = route.len().min(u32::MAX as usize) as u32;
-        text.extend_from_slice(method_name.as_bytes());
-        meta.method = code;
-        meta.method_len = method_name.len() as u8;
-        meta.version = request.version();
-        for &(index, kept, len) in &copied[..count] {
-            text.extend_from_slice(&index.to_le_bytes());
+            let len = bytes.len().min(u32::MAX as usize) as u32;
+            text.reserve_exact(HEADER_RECORD + kept.len());
+            text.extend_from_slice(&(index as u16).to_le_bytes());
             text.extend_from_slice(&(kept.len() as u16).to_le_bytes());
             text.extend_from_slice(&len.to_le_bytes());
             text.extend_from_slice(kept);
+            copied += 1;
+        }
+        // A slot that once held a huge request gives the room back.
+        if text.capacity() > 2 * text.len().max(512) {
+            text.shrink_to_fit();
         }
     }
 
@@ -611,6 +614,24 @@ mod tests {
         assert_eq!(capture.render(&meta).uri.len(), URI_LIMIT + mark.len());
         assert!(capture.render(&meta).uri.ends_with(&mark));
         assert!(meta.route().ends_with(&mark));
+    }
+
+    #[test]
+    fn a_uri_cut_inside_a_character_keeps_what_comes_before() {
+        let capture = capture(&[]);
+        let mut meta = RequestMeta::default();
+        // One byte of padding puts the limit inside a two-byte character.
+        let path = format!("/{}", "é".repeat(URI_LIMIT));
+        let request = http::Request::get(path.as_str()).body(()).unwrap();
+        capture.fill(&request, &mut meta);
+        let uri = capture.render(&meta).uri;
+        let mark = format!("…[truncated, {} bytes]", path.len());
+        assert!(uri.ends_with(&mark), "{}", &uri[uri.len() - 40..]);
+        assert_eq!(uri.len(), URI_LIMIT - 1 + mark.len());
+        assert!(
+            meta.text.capacity() <= URI_LIMIT,
+            "only the kept part is copied"
+        );
     }
 
     #[test]

@@ -125,7 +125,7 @@ where
                 let registration = &guard.registration;
                 if let Some(deadlines) = &guard.deadlines {
                     let slot = registration.slot();
-                    slot.set_waker(cx.waker());
+                    slot.set_waker(registration.id(), cx.waker());
                     if slot.flags(registration.id()) & HARD_FIRED != 0 {
                         deadlines
                             .counters

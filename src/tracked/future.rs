@@ -239,7 +239,7 @@ where
                 let held = registration.as_ref().expect("polled after completion");
                 if let Some(part) = deadlines {
                     let slot = held.slot();
-                    slot.set_waker(cx.waker());
+                    slot.set_waker(held.id(), cx.waker());
                     if slot.flags(held.id()) & HARD_FIRED != 0 {
                         part.counters.hard_timeouts.fetch_add(1, Ordering::Relaxed);
                         let response = timeout_response(part);
@@ -279,7 +279,7 @@ where
                         Err(_) => Poll::Ready(Ok(timeout_response(&deadlines))),
                     };
                 }
-                handle.slot.set_waker(cx.waker());
+                handle.slot.set_waker(handle.id, cx.waker());
                 match handle.current_flags() {
                     // The task ended between the two looks; the join handle wakes us with its
                     // result.
