@@ -4,6 +4,12 @@
 //! loopback; and the monitor thread's CPU use with 10 000 requests in flight.
 //!
 //! `cargo bench --bench overhead`; the ratios are printed at the end.
+//!
+//! On a shared machine whose speed drifts, times swing by 10–20 % between runs. Instructions
+//! do not: `VIGIL_BENCH_COUNT=VARIANT` (one of `bare`, `timeout`, `watchdog`,
+//! `timebox_inline`, `timebox_isolated`, `vigil`) runs `VIGIL_BENCH_REQUESTS` requests
+//! (default 200 000) through that variant once and exits, for a counter such as
+//! `perf stat -e instructions:u`; a run with 0 requests gives the fixed part to subtract.
 
 use std::convert::Infallible;
 use std::future::{ready, Future, Ready};
@@ -196,7 +202,48 @@ criterion_group! {
     targets = per_request, probe_capture, streaming_body, monitor_with_10k_in_flight
 }
 
+/// Runs a fixed number of requests through one variant, for an instruction counter.
+fn count_mode(variant: &str) {
+    let requests: u64 = std::env::var("VIGIL_BENCH_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200_000);
+    let rt = runtime();
+    let threshold = Duration::from_secs(25);
+    let inline = || {
+        TimeboxLayer::builder(threshold)
+            .isolation(false)
+            .build()
+            .unwrap()
+    };
+    let elapsed = match variant {
+        "bare" => run(&rt, Bare, requests),
+        "timeout" => run(
+            &rt,
+            TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, threshold).layer(Bare),
+            requests,
+        ),
+        "watchdog" => run(&rt, WatchdogLayer::new(threshold).layer(Bare), requests),
+        "timebox_inline" => run(&rt, inline().layer(Bare), requests),
+        "timebox_isolated" => run(&rt, TimeboxLayer::new(threshold).layer(Bare), requests),
+        "vigil" => run(
+            &rt,
+            Vigil::new()
+                .watchdog(WatchdogLayer::new(threshold))
+                .timebox(inline())
+                .layer(Bare),
+            requests,
+        ),
+        other => panic!("VIGIL_BENCH_COUNT: no variant {other:?}"),
+    };
+    eprintln!("{variant}: {requests} requests in {elapsed:?}");
+}
+
 fn main() {
+    if let Ok(variant) = std::env::var("VIGIL_BENCH_COUNT") {
+        count_mode(&variant);
+        return;
+    }
     let started = std::time::SystemTime::now();
     benches();
     Criterion::default().configure_from_args().final_summary();

@@ -4,16 +4,20 @@
 //! `cargo bench --bench throughput [-- NAME]` (only variants whose name contains NAME). The
 //! server runs one current-thread runtime on one core, the load generator (a hyper client
 //! over keep-alive connections) one current-thread runtime on another; each round warms up,
-//! then counts responses for a fixed time. Settings, from the environment:
+//! then counts responses for a fixed time. Each variant is measured right next to a
+//! measurement of bare axum (which goes first alternates by round), and its ratio to bare is
+//! the median of those pairs' ratios: on a shared machine whose speed drifts over tens of
+//! seconds, neighbours a second apart compare far better than whole rounds. Settings, from
+//! the environment:
 //!
 //! | variable | default | |
 //! |---|---|---|
-//! | `VIGIL_BENCH_ROUNDS` | 5 | rounds; each variant once per round, in rotated order |
+//! | `VIGIL_BENCH_ROUNDS` | 5 | rounds; each variant once per round, in rotated order, each paired with bare axum |
 //! | `VIGIL_BENCH_SECS` | 2 | measured seconds per variant and round |
 //! | `VIGIL_BENCH_WARMUP_MS` | 500 | warm-up before each measurement |
 //! | `VIGIL_BENCH_CONNECTIONS` | 64 | keep-alive connections of the load generator |
 //!
-//! With 8 variants the defaults take about 2 minutes. The same server can be measured with wrk
+//! With 8 variants besides bare axum the defaults take about 4 minutes. The same server can be measured with wrk
 //! or oha: `VIGIL_BENCH_SERVE=NAME` serves that variant on `VIGIL_BENCH_PORT` (default 3000)
 //! until killed (see the README for the commands).
 
@@ -366,28 +370,48 @@ fn main() {
         settings.warmup,
         settings.connections,
     );
+    let measure = |i: usize, round: usize| {
+        let (name, wrap) = &variants[i];
+        let server = Server::start(app(wrap), 0);
+        let rate = load(server.addr, &settings);
+        drop(server);
+        eprintln!("round {}: {name:<30} {rate:>9.0} req/s", round + 1);
+        rate
+    };
+    let others: Vec<usize> = picked.iter().copied().filter(|&i| i != 0).collect();
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    // Each variant's rate over the bare rate measured next to it.
+    let mut paired: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    paired[0].push(1.0);
     for round in 0..settings.rounds {
+        if others.is_empty() {
+            let rate = measure(0, round);
+            rates[0].push(rate);
+            continue;
+        }
         // Rotated each round, so no variant always follows the same one.
-        for k in 0..picked.len() {
-            let i = picked[(k + round) % picked.len()];
-            let (name, wrap) = &variants[i];
-            let server = Server::start(app(wrap), 0);
-            let rate = load(server.addr, &settings);
-            drop(server);
-            eprintln!("round {}: {name:<30} {rate:>9.0} req/s", round + 1);
+        for k in 0..others.len() {
+            let i = others[(k + round) % others.len()];
+            let (bare, rate) = if (round + k) % 2 == 0 {
+                let bare = measure(0, round);
+                (bare, measure(i, round))
+            } else {
+                let rate = measure(i, round);
+                (measure(0, round), rate)
+            };
+            rates[0].push(bare);
             rates[i].push(rate);
+            paired[i].push(rate / bare);
         }
     }
     let mut bare = rates[0].clone();
     let bare_median = median(&mut bare);
     println!();
-    println!("| server | req/s (median) | min .. max | vs bare (median of per-round ratios) |");
+    println!("| server | req/s (median) | min .. max | vs bare (median of paired ratios) |");
     println!("|---|---|---|---|");
     for &i in &picked {
         let mut values = rates[i].clone();
-        let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(r, b)| r / b).collect();
-        let mut ratios = ratios;
+        let mut ratios = paired[i].clone();
         let value = median(&mut values);
         println!(
             "| {} | {:.1}k | {:.1}k .. {:.1}k | {:.3} |",

@@ -405,7 +405,9 @@ impl std::ops::Deref for SlotRef {
     type Target = Slot;
 
     fn deref(&self) -> &Slot {
-        &self.chunk.slots[self.index]
+        // `index` is below CHUNK_SLOTS already; the modulo lets the compiler drop the bounds
+        // check on this path, taken several times per request.
+        &self.chunk.slots[self.index % CHUNK_SLOTS]
     }
 }
 
@@ -453,7 +455,7 @@ impl std::ops::Deref for SlotAt<'_> {
     type Target = Slot;
 
     fn deref(&self) -> &Slot {
-        &self.chunk.slots[self.index]
+        &self.chunk.slots[self.index % CHUNK_SLOTS]
     }
 }
 
@@ -466,11 +468,11 @@ impl<'a> SlotAt<'a> {
     }
 
     fn head(&self) -> &'a Head {
-        &self.chunk.heads[self.index]
+        &self.chunk.heads[self.index % CHUNK_SLOTS]
     }
 
     fn slot(&self) -> &'a Slot {
-        &self.chunk.slots[self.index]
+        &self.chunk.slots[self.index % CHUNK_SLOTS]
     }
 
     /// The slot's current request id, or 0 when free.
@@ -646,9 +648,10 @@ impl Registry {
         {
             let mut occupant = slot.occupant();
             occupant.id = id;
-            // Wakers of the slot's last request must not be called for this one.
+            // A probe must never wake the slot's last request. Its deadline waker may stay:
+            // this request's first poll replaces it before any deadline can matter, and a
+            // connection's next request, polled by the same task, then clones nothing.
             occupant.task_waker = None;
-            occupant.deadline_waker = None;
             if !occupant
                 .parts
                 .as_ref()

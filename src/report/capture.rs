@@ -271,25 +271,21 @@ impl RequestCapture {
         text.clear();
         // Capacity grows exactly (`reserve_exact`), so a slot holds the largest request it has
         // described and no more; once warm, a request of that size or less allocates nothing.
-        let mut uri_total = 0;
-        let mut path_at = 0;
-        let scheme = uri.scheme_str().map(|scheme| [scheme, "://"]);
-        for (part, is_path) in scheme
-            .iter()
-            .flatten()
-            .map(|part| (*part, false))
-            .chain([(authority, false), (path_and_query, true)])
-        {
-            if is_path {
-                path_at = text.len();
+        let scheme = uri.scheme_str().unwrap_or_default();
+        let separator = if scheme.is_empty() { "" } else { "://" };
+        let path_at = scheme.len() + separator.len() + authority.len();
+        let uri_total = path_at + path_and_query.len();
+        text.reserve_exact(uri_total.min(URI_LIMIT));
+        if uri_total <= URI_LIMIT {
+            text.extend_from_slice(scheme.as_bytes());
+            text.extend_from_slice(separator.as_bytes());
+            text.extend_from_slice(authority.as_bytes());
+            text.extend_from_slice(path_and_query.as_bytes());
+        } else {
+            for part in [scheme, separator, authority, path_and_query] {
+                let room = URI_LIMIT - text.len();
+                text.extend_from_slice(&part.as_bytes()[..part.len().min(room)]);
             }
-            uri_total += part.len();
-            let room = URI_LIMIT - text.len();
-            let kept = &part.as_bytes()[..part.len().min(room)];
-            text.reserve_exact(kept.len());
-            text.extend_from_slice(kept);
-        }
-        if uri_total > text.len() {
             // Cut on a character boundary.
             if let Err(error) = std::str::from_utf8(text) {
                 text.truncate(error.valid_up_to());
@@ -323,10 +319,12 @@ impl RequestCapture {
                 &bytes[..bytes.len().min(HEADER_VALUE_LIMIT)]
             };
             let len = bytes.len().min(u32::MAX as usize) as u32;
+            let mut record = [0; HEADER_RECORD];
+            record[..2].copy_from_slice(&(index as u16).to_le_bytes());
+            record[2..4].copy_from_slice(&(kept.len() as u16).to_le_bytes());
+            record[4..].copy_from_slice(&len.to_le_bytes());
             text.reserve_exact(HEADER_RECORD + kept.len());
-            text.extend_from_slice(&(index as u16).to_le_bytes());
-            text.extend_from_slice(&(kept.len() as u16).to_le_bytes());
-            text.extend_from_slice(&len.to_le_bytes());
+            text.extend_from_slice(&record);
             text.extend_from_slice(kept);
             copied += 1;
         }
