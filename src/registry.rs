@@ -1081,14 +1081,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ids_of_every_generation_keep_their_flags() {
+    /// A registry, and parts with neither watch nor deadlines to register requests under.
+    fn registry_and_parts() -> (Arc<Registry>, Arc<Parts>) {
         let registry = Arc::new(Registry::new());
         let parts = Arc::new(Parts {
             registry: registry.clone(),
             watch: None,
             deadlines: None,
         });
+        (registry, parts)
+    }
+
+    #[test]
+    fn ids_of_every_generation_keep_their_flags() {
+        let (registry, parts) = registry_and_parts();
         // The last generations before the counter wraps: their ids, shifted past the flags,
         // must still fit in a word, or every deadline check would read "moved on".
         let first = registry.register(0, dues(), 0, &parts, |_| {});
@@ -1121,12 +1127,7 @@ mod tests {
 
     #[test]
     fn a_late_poll_cannot_leave_its_waker_to_the_next_request() {
-        let registry = Arc::new(Registry::new());
-        let parts = Arc::new(Parts {
-            registry: registry.clone(),
-            watch: None,
-            deadlines: None,
-        });
+        let (registry, parts) = registry_and_parts();
         let earlier = registry.register(0, dues(), 0, &parts, |_| {});
         let (slot, earlier_id) = (earlier.slot.clone(), earlier.id());
         drop(earlier);

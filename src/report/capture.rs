@@ -277,9 +277,14 @@ impl RequestCapture {
         let uri_total = path_at + path_and_query.len();
         text.reserve_exact(uri_total.min(URI_LIMIT));
         if uri_total <= URI_LIMIT {
-            text.extend_from_slice(scheme.as_bytes());
-            text.extend_from_slice(separator.as_bytes());
-            text.extend_from_slice(authority.as_bytes());
+            // A server's request has a path and nothing else: copy no empty piece.
+            if !scheme.is_empty() {
+                text.extend_from_slice(scheme.as_bytes());
+                text.extend_from_slice(separator.as_bytes());
+            }
+            if !authority.is_empty() {
+                text.extend_from_slice(authority.as_bytes());
+            }
             text.extend_from_slice(path_and_query.as_bytes());
         } else {
             for part in [scheme, separator, authority, path_and_query] {
@@ -295,10 +300,14 @@ impl RequestCapture {
         meta.path_at = path_at.min(text.len()) as u32;
         meta.uri_total = uri_total.min(u32::MAX as usize) as u32;
         text.reserve_exact(route_kept.len() + method_name.len());
-        text.extend_from_slice(route_kept.as_bytes());
+        if !route_kept.is_empty() {
+            text.extend_from_slice(route_kept.as_bytes());
+        }
         meta.route_len = route_kept.len() as u32;
         meta.route_total = route.len().min(u32::MAX as usize) as u32;
-        text.extend_from_slice(method_name.as_bytes());
+        if !method_name.is_empty() {
+            text.extend_from_slice(method_name.as_bytes());
+        }
         meta.method = code;
         meta.method_len = method_name.len() as u8;
         meta.version = request.version();
@@ -325,7 +334,9 @@ impl RequestCapture {
             record[4..].copy_from_slice(&len.to_le_bytes());
             text.reserve_exact(HEADER_RECORD + kept.len());
             text.extend_from_slice(&record);
-            text.extend_from_slice(kept);
+            if !kept.is_empty() {
+                text.extend_from_slice(kept);
+            }
             copied += 1;
         }
         // A slot that once held a huge request gives the room back.
