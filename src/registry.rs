@@ -1,8 +1,10 @@
 //! In-flight requests: one reusable slot each, in shards, scanned by the monitor thread.
 //!
 //! The request path touches only its own slot and its shard's free list. Slots are never freed
-//! while the registry lives, so a request reuses the memory (including string capacity) of an
-//! earlier one and registers without allocating once the registry has warmed up.
+//! while the registry lives, so a request reuses the memory (including the capacity of its
+//! description) of an earlier one and registers without allocating once the registry has
+//! warmed up. Slots are made 64 at a time in one chunk, whose dense array of heads (id word and
+//! due time) is all the monitor's scan reads.
 
 use std::sync::atomic::{AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
