@@ -181,7 +181,7 @@ impl Slot {
     }
 
     pub(crate) fn occupant(&self) -> MutexGuard<'_, Occupant> {
-        self.occupant.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.occupant)
     }
 
     /// The parts of request `id`, or `None` if the slot has moved on.
@@ -308,14 +308,7 @@ impl Slot {
     /// nothing once the slot has moved on, so a late poll cannot leave its waker to a later
     /// request's deadline.
     pub(crate) fn set_waker(&self, id: u64, waker: &Waker) {
-        let mut occupant = self.occupant();
-        if occupant.id != id {
-            return;
-        }
-        match &occupant.deadline_waker {
-            Some(current) if current.will_wake(waker) => {}
-            _ => occupant.deadline_waker = Some(waker.clone()),
-        }
+        self.keep_waker(id, waker, |occupant| &mut occupant.deadline_waker);
     }
 
     pub(crate) fn wake(&self) {
@@ -327,13 +320,25 @@ impl Slot {
 
     /// Keeps the waker of the task polling request `id`, cloning only when it changed.
     pub(crate) fn set_task_waker(&self, id: u64, waker: &Waker) {
+        self.keep_waker(id, waker, |occupant| &mut occupant.task_waker);
+    }
+
+    /// Keeps `waker` in the cell `cell` picks, for request `id` only, cloning only when it
+    /// changed.
+    fn keep_waker(
+        &self,
+        id: u64,
+        waker: &Waker,
+        cell: impl FnOnce(&mut Occupant) -> &mut Option<Waker>,
+    ) {
         let mut occupant = self.occupant();
         if occupant.id != id {
             return;
         }
-        match &occupant.task_waker {
+        let held = cell(&mut occupant);
+        match held {
             Some(current) if current.will_wake(waker) => {}
-            _ => occupant.task_waker = Some(waker.clone()),
+            _ => *held = Some(waker.clone()),
         }
     }
 
@@ -582,7 +587,7 @@ impl Registry {
     }
 
     fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
-        self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.shards[shard])
     }
 
     /// Registers a request that started at `started_ns` with events at `dues`; for a watched
@@ -744,13 +749,13 @@ impl Registry {
             }
         };
         {
-            let mut asked = lock_probes(&self.probes_asked);
+            let mut asked = lock(&self.probes_asked);
             // Answers nobody waits for any more (their request ended unpolled) go.
             asked.retain(|(_, answer)| Arc::strong_count(answer) > 1);
             asked.push((id, answer));
         }
         if !slot.raise(id, PROBE_WANTED) {
-            lock_probes(&self.probes_asked).retain(|(asked_for, _)| *asked_for != id);
+            lock(&self.probes_asked).retain(|(asked_for, _)| *asked_for != id);
             return false;
         }
         waker.wake();
@@ -760,17 +765,19 @@ impl Registry {
     /// Delivers what the probe poll of request `id` found to whoever asked for it.
     fn answer_probe(&self, id: u64, findings: ProbeFindings) {
         let answer = {
-            let mut asked = lock_probes(&self.probes_asked);
+            let mut asked = lock(&self.probes_asked);
             let at = asked.iter().position(|(asked_for, _)| *asked_for == id);
             at.map(|at| asked.swap_remove(at).1)
         };
         if let Some(answer) = answer {
-            *answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(findings);
+            *lock(&answer) = Some(findings);
         }
     }
 }
 
-fn lock_probes<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `mutex`, taking over a poisoned one: every value behind these locks stays valid
+/// when a holder panics, and the monitor must keep running.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 

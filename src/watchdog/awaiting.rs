@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::registry::{Registry, Seen, SlotRef};
+use crate::registry::{lock, Registry, Seen, SlotRef};
 use crate::report::{
     AwaitStatus, AwaitedLeaf, Awaiting, BusyThread, Frame, FrameOrigin, LeafSignal, StackStatus,
     ThreadInfo,
@@ -73,10 +73,6 @@ pub(crate) fn request_probe(
         answer,
         busy,
     })
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// On the monitor: for every probe past its deadline and still not polled, starts captures
