@@ -63,21 +63,34 @@ pub(crate) struct TimeboxCounters {
 }
 
 /// A hash of a request's route: method and path, with numeric segments collapsed so that
-/// `/users/1` and `/users/2` are one route. Cheap: one pass over the path.
+/// `/users/1` and `/users/2` are one route. One pass over the bytes: a numeric segment is
+/// hashed as it comes and replaced by `#` at its end, from the hash saved at its start.
 pub(crate) fn route_hash(method: &http::Method, path: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut add = |byte: u8| {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    };
-    method.as_str().bytes().for_each(&mut add);
-    for segment in path.split('/') {
-        add(b'/');
-        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
-            add(b'#');
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let add = |hash: u64, byte: u8| (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+    let mut hash = method
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| add(hash, byte));
+    hash = add(hash, b'/');
+    let mut segment_start = hash;
+    let mut numeric = false;
+    let mut fresh_segment = true;
+    for &byte in path.as_bytes() {
+        if byte == b'/' {
+            if numeric {
+                hash = add(segment_start, b'#');
+            }
+            hash = add(hash, b'/');
+            (segment_start, numeric, fresh_segment) = (hash, false, true);
         } else {
-            segment.bytes().for_each(&mut add);
+            numeric = (fresh_segment || numeric) && byte.is_ascii_digit();
+            fresh_segment = false;
+            hash = add(hash, byte);
         }
+    }
+    if numeric {
+        hash = add(segment_start, b'#');
     }
     hash
 }
@@ -128,6 +141,82 @@ impl DeadlinePart {
             let hook = &escalation.hook;
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(count))).is_err() {
                 tracing::error!(target: "tower_vigil", "timebox escalation hook panicked");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_hash;
+
+    /// The definition `route_hash` computes in one pass: `/` before each segment, `#` for a
+    /// numeric one.
+    fn route_hash_by_segments(method: &http::Method, path: &str) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut add = |byte: u8| {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        };
+        method.as_str().bytes().for_each(&mut add);
+        for segment in path.split('/') {
+            add(b'/');
+            if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+                add(b'#');
+            } else {
+                segment.bytes().for_each(&mut add);
+            }
+        }
+        hash
+    }
+
+    #[test]
+    fn numeric_segments_are_one_route_and_others_are_not() {
+        let get = http::Method::GET;
+        assert_eq!(route_hash(&get, "/users/1"), route_hash(&get, "/users/23"));
+        assert_eq!(
+            route_hash(&get, "/users/1/posts/9"),
+            route_hash(&get, "/users/77/posts/0")
+        );
+        assert_ne!(route_hash(&get, "/users/1"), route_hash(&get, "/users/1a"));
+        assert_ne!(route_hash(&get, "/users/1"), route_hash(&get, "/users/"));
+        assert_ne!(
+            route_hash(&get, "/users/1"),
+            route_hash(&http::Method::POST, "/users/1")
+        );
+        assert_ne!(route_hash(&get, "/a/b"), route_hash(&get, "/ab"));
+    }
+
+    #[test]
+    fn the_one_pass_hash_is_the_hash_by_segments() {
+        let paths = [
+            "",
+            "/",
+            "//",
+            "/1",
+            "1",
+            "12/",
+            "/api/job",
+            "/users/1",
+            "/users/1/",
+            "/users/a1",
+            "/users/1a",
+            "/42/7/x",
+            "/x//9",
+            "/é/3",
+            "/v2/items/0042",
+            "/a/b/c/d/e/f/g/12345",
+        ];
+        for method in [
+            http::Method::GET,
+            http::Method::from_bytes(b"PURGE").unwrap(),
+        ] {
+            for path in paths {
+                assert_eq!(
+                    route_hash(&method, path),
+                    route_hash_by_segments(&method, path),
+                    "{method} {path:?}"
+                );
             }
         }
     }

@@ -192,9 +192,7 @@ fn finish<B, E>(
         || parts
             .headers
             .get(CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"));
+            .is_some_and(|value| is_event_stream(value.as_bytes()));
     let deadline_exempt = long_lived && deadlines.is_none_or(|d| d.long_lived_exempt);
     let body_deadline = deadlines
         .filter(|d| d.body_deadline && !deadline_exempt)
@@ -211,6 +209,19 @@ fn finish<B, E>(
         None
     };
     Ok(Response::from_parts(parts, TimeboxBody::inner(body, guard)))
+}
+
+/// Whether a `Content-Type` value names `text/event-stream`, parameters aside. On bytes: every
+/// response passes through here, and most are not event streams.
+fn is_event_stream(content_type: &[u8]) -> bool {
+    const MIME: &[u8] = b"text/event-stream";
+    let value = content_type.trim_ascii_start();
+    value.len() >= MIME.len()
+        && value[..MIME.len()].eq_ignore_ascii_case(MIME)
+        && matches!(
+            value[MIME.len()..].trim_ascii_start().first(),
+            None | Some(b';')
+        )
 }
 
 impl<F, B, E> Future for TrackedFuture<F>
@@ -301,6 +312,32 @@ where
                 }
             }
             StateProj::Done => panic!("tower-vigil ResponseFuture polled after completion"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_event_stream;
+
+    #[test]
+    fn an_event_stream_is_known_with_parameters_case_and_spaces() {
+        for value in [
+            "text/event-stream",
+            "Text/Event-Stream",
+            " text/event-stream ;charset=utf-8",
+            "text/event-stream; retry=10",
+        ] {
+            assert!(is_event_stream(value.as_bytes()), "{value:?}");
+        }
+        for value in [
+            "",
+            "application/json",
+            "text/event-streams",
+            "text/event",
+            "text/plain; note=text/event-stream",
+        ] {
+            assert!(!is_event_stream(value.as_bytes()), "{value:?}");
         }
     }
 }
