@@ -209,7 +209,10 @@ fn fire_deadlines(
                 .fetch_add(1, Ordering::Relaxed);
             if wedged {
                 deadlines.counters.wedged.fetch_add(1, Ordering::Relaxed);
-                deadlines.note_wedged_route(slot.route_hash());
+                // A request whose URI was cut cannot teach its route: its copy lacks the path.
+                if let Some(route) = slot.route_hash_of(id) {
+                    deadlines.note_wedged_route(route);
+                }
                 deadlines.escalate_if_needed(now);
             }
             slot.wake();

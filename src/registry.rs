@@ -54,6 +54,11 @@ pub(crate) fn soft_bell(id: u64) -> &'static Notify {
     &SOFT_BELLS[id as usize % SOFT_BELLS.len()]
 }
 
+/// A route hash as a slot keeps it: its low 32 bits, never 0 (which means "not taken").
+fn stored_route_hash(hash: u64) -> u32 {
+    (hash as u32).max(1)
+}
+
 fn take_due(due: &AtomicU64, now: u64) -> bool {
     let at = due.load(Ordering::Relaxed);
     at <= now
@@ -240,9 +245,26 @@ impl Slot {
         ms.min(u64::from(u32::MAX - 1)) as u32
     }
 
-    /// A hash of the request's route (its low 32 bits: enough to tell routes apart).
-    pub(crate) fn route_hash(&self) -> u64 {
-        u64::from(self.route_hash.load(Ordering::Relaxed))
+    /// A hash of the request's route (its low 32 bits: enough to tell routes apart), when it
+    /// was taken at registration.
+    pub(crate) fn route_hash(&self) -> Option<u64> {
+        match self.route_hash.load(Ordering::Relaxed) {
+            0 => None,
+            hash => Some(u64::from(hash)),
+        }
+    }
+
+    /// The route hash of request `id`: the one taken at registration, or else one from the
+    /// request's copy. `None` when neither exists: the slot moved on, the request was not
+    /// watched, or its URI was cut.
+    pub(crate) fn route_hash_of(&self, id: u64) -> Option<u64> {
+        self.route_hash().or_else(|| {
+            let occupant = self.occupant();
+            (occupant.id == id && self.watches(id))
+                .then(|| occupant.request.route_hash())
+                .flatten()
+                .map(|hash| u64::from(stored_route_hash(hash)))
+        })
     }
 
     pub(crate) fn started_ns(&self) -> u64 {
@@ -597,7 +619,7 @@ impl Registry {
         self: &Arc<Self>,
         started_ns: u64,
         dues: Dues,
-        route_hash: u64,
+        route_hash: Option<u64>,
         parts: &Arc<Parts>,
         fill: impl FnOnce(&mut RequestMeta),
     ) -> Registration {
@@ -638,7 +660,8 @@ impl Registry {
         let due_ns = dues.watch.min(dues.soft).min(dues.hard);
         let watched = dues.watch != NEVER;
         slot.started_ns.store(started_ns, Ordering::Relaxed);
-        slot.route_hash.store(route_hash as u32, Ordering::Relaxed);
+        slot.route_hash
+            .store(route_hash.map_or(0, stored_route_hash), Ordering::Relaxed);
         slot.body_started_ms.store(0, Ordering::Relaxed);
         slot.watch_due_ns.store(dues.watch, Ordering::Relaxed);
         slot.soft_due_ns.store(dues.soft, Ordering::Relaxed);
@@ -1106,13 +1129,13 @@ mod tests {
         let (registry, parts) = registry_and_parts();
         // The last generations before the counter wraps: their ids, shifted past the flags,
         // must still fit in a word, or every deadline check would read "moved on".
-        let first = registry.register(0, dues(), 0, &parts, |_| {});
+        let first = registry.register(0, dues(), None, &parts, |_| {});
         let slot = first.slot.clone();
         drop(first);
         slot.generation
             .store((1 << GENERATION_BITS) - 3, Ordering::Relaxed);
         for _ in 0..4 {
-            let registration = registry.register(0, dues(), 0, &parts, |_| {});
+            let registration = registry.register(0, dues(), None, &parts, |_| {});
             let id = registration.id();
             assert!(Arc::ptr_eq(&registration.slot.chunk, &slot.chunk));
             assert_eq!(slot.current_id(), id);
@@ -1137,10 +1160,10 @@ mod tests {
     #[test]
     fn a_late_poll_cannot_leave_its_waker_to_the_next_request() {
         let (registry, parts) = registry_and_parts();
-        let earlier = registry.register(0, dues(), 0, &parts, |_| {});
+        let earlier = registry.register(0, dues(), None, &parts, |_| {});
         let (slot, earlier_id) = (earlier.slot.clone(), earlier.id());
         drop(earlier);
-        let later = registry.register(0, dues(), 0, &parts, |_| {});
+        let later = registry.register(0, dues(), None, &parts, |_| {});
         assert!(Arc::ptr_eq(&later.slot.chunk, &slot.chunk) && later.slot.index == slot.index);
         let stale = Arc::new(CountingWaker(Default::default()));
         slot.set_waker(earlier_id, &Waker::from(stale.clone()));

@@ -562,6 +562,25 @@ async fn a_profiled_request_is_not_killed_at_the_timebox_deadline() {
 #[test]
 fn adaptive_isolation_answers_on_time_from_a_routes_second_wedge() {
     let timebox = layer();
+    adaptive_isolation_learns_the_route(&timebox, |app| app.layer(timebox.clone()));
+}
+
+/// With a watchdog, a request's route is hashed from the watchdog's copy of the request, and
+/// only once it wedges: the route is learned the same way.
+#[test]
+fn adaptive_isolation_learns_the_route_from_a_watched_requests_copy() {
+    let timebox = layer();
+    let watchdog = WatchdogLayer::new(Duration::from_secs(10));
+    adaptive_isolation_learns_the_route(&timebox, |app| {
+        app.layer(
+            Vigil::new()
+                .watchdog(watchdog.clone())
+                .timebox(timebox.clone()),
+        )
+    });
+}
+
+fn adaptive_isolation_learns_the_route(timebox: &TimeboxLayer, stack: impl Fn(Router) -> Router) {
     let app = Router::new()
         .route(
             "/wedge/{id}",
@@ -570,19 +589,19 @@ fn adaptive_isolation_answers_on_time_from_a_routes_second_wedge() {
                 "late"
             }),
         )
-        .route("/fast", get(|| async { "fast" }))
-        .layer(timebox.clone());
-    let (addr, server) = serve_on_own_runtime(app, 2);
+        .route("/fast", get(|| async { "fast" }));
+    let (addr, server) = serve_on_own_runtime(stack(app), 2);
     let client = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let started = Instant::now();
-    let (status, _) = client.block_on(http_get(addr, "/wedge/1", &[]));
+    let (status, _) = client.block_on(http_get(addr, "/wedge/1?page=1", &[]));
     assert_eq!(status, 200, "the first wedge runs inline and finishes");
     assert!(started.elapsed() >= Duration::from_millis(700));
     assert_eq!(timebox.stats().wedged, 1);
-    // Same route (numeric segments collapsed): now in a task of its own, 503 on time.
+    // Same route (numeric segments collapsed, query aside): now in a task of its own, 503 on
+    // time.
     let started = Instant::now();
     let (status, _) = client.block_on(http_get(addr, "/wedge/2", &[]));
     let elapsed = started.elapsed();

@@ -155,7 +155,8 @@ pub enum Isolation {
     /// Only requests to routes that have been wedged before (a thread was still inside a
     /// request's poll at its hard deadline): the first wedge of a route answers when the
     /// handler yields, every later one on time. Routes are told apart by method and path, with
-    /// numeric segments collapsed.
+    /// numeric segments collapsed. A wedged request that the watchdog copied with a URI over
+    /// 4 KiB (cut in its copy) does not mark its route.
     #[default]
     Adaptive,
     /// Never: no task per request.

@@ -141,6 +141,17 @@ impl RequestMeta {
         self.version
     }
 
+    /// The hash adaptive isolation keys routes by, as `route_hash` gives it for the request
+    /// itself; `None` when the URI was cut (or nothing was copied).
+    pub(crate) fn route_hash(&self) -> Option<u64> {
+        if self.uri_len == 0 || self.uri_total > self.uri_len {
+            return None;
+        }
+        let path = self.uri().get(self.path_at as usize..)?;
+        let path = path.split_once('?').map_or(path, |(path, _)| path);
+        Some(crate::timebox::part::route_hash(&self.method(), path))
+    }
+
     fn uri(&self) -> &str {
         std::str::from_utf8(&self.text[..self.uri_len as usize]).unwrap_or_default()
     }
@@ -623,6 +634,40 @@ mod tests {
         assert_eq!(capture.render(&meta).uri.len(), URI_LIMIT + mark.len());
         assert!(capture.render(&meta).uri.ends_with(&mark));
         assert!(meta.route().ends_with(&mark));
+    }
+
+    #[test]
+    fn the_copy_gives_the_route_hash_of_the_request_itself() {
+        let capture = capture(&[]);
+        let mut meta = RequestMeta::default();
+        assert_eq!(meta.route_hash(), None, "nothing copied yet");
+        let purge = http::Method::from_bytes(b"PURGE").unwrap();
+        for (method, uri) in [
+            (http::Method::GET, "/users/7?page=2"),
+            (http::Method::POST, "/"),
+            (purge, "https://api.example.com:8443/jobs/7/runs?x=/1"),
+            (http::Method::OPTIONS, "*"),
+            (http::Method::GET, "http://example.com"),
+        ] {
+            let request = http::Request::builder()
+                .method(method.clone())
+                .uri(uri)
+                .body(())
+                .unwrap();
+            capture.fill(&request, &mut meta);
+            assert_eq!(
+                meta.route_hash(),
+                Some(crate::timebox::part::route_hash(
+                    &method,
+                    request.uri().path()
+                )),
+                "{method} {uri}"
+            );
+        }
+        let long_path = format!("/{}", "p".repeat(URI_LIMIT));
+        let long = http::Request::get(long_path.as_str()).body(()).unwrap();
+        capture.fill(&long, &mut meta);
+        assert_eq!(meta.route_hash(), None, "a cut URI has lost its path");
     }
 
     #[test]

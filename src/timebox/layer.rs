@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -426,6 +426,7 @@ impl TimeboxBuilder {
             },
             isolation: config.isolation,
             wedged_routes: [const { AtomicU64::new(0) }; super::part::WEDGED_ROUTE_WORDS],
+            any_route_wedged: AtomicBool::new(false),
             deadline_extension: config.deadline_extension,
             wait_timeout: config.wait_timeout,
             body_deadline: config.body_deadline,

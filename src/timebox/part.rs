@@ -1,7 +1,7 @@
 //! What the core needs to run one timebox: its deadlines, its response and its counters.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ pub(crate) struct DeadlinePart {
     pub(crate) isolation: Isolation,
     /// Routes that have been wedged: a bit per route hash, for adaptive isolation.
     pub(crate) wedged_routes: [AtomicU64; WEDGED_ROUTE_WORDS],
+    /// Whether any bit of `wedged_routes` is set: until one is, no request needs its route's
+    /// hash before the call.
+    pub(crate) any_route_wedged: AtomicBool,
     pub(crate) deadline_extension: bool,
     pub(crate) wait_timeout: Option<Duration>,
     pub(crate) body_deadline: bool,
@@ -68,10 +71,7 @@ pub(crate) struct TimeboxCounters {
 pub(crate) fn route_hash(method: &http::Method, path: &str) -> u64 {
     const PRIME: u64 = 0x0100_0000_01b3;
     let add = |hash: u64, byte: u8| (hash ^ u64::from(byte)).wrapping_mul(PRIME);
-    let mut hash = method
-        .as_str()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| add(hash, byte));
+    let mut hash = method.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, add);
     hash = add(hash, b'/');
     let mut segment_start = hash;
     let mut numeric = false;
@@ -96,22 +96,33 @@ pub(crate) fn route_hash(method: &http::Method, path: &str) -> u64 {
 }
 
 impl DeadlinePart {
-    /// Whether a request to the route with this hash runs in a task of its own.
-    pub(crate) fn isolates(&self, route: u64) -> bool {
+    /// Whether a request to the route with this hash runs in a task of its own; `None` when
+    /// its hash was not needed (no route has been wedged yet).
+    pub(crate) fn isolates(&self, route: Option<u64>) -> bool {
         match self.isolation {
             Isolation::Always => true,
             Isolation::Never => false,
-            Isolation::Adaptive => {
+            Isolation::Adaptive => route.is_some_and(|route| {
                 let (word, bit) = Self::route_bit(route);
                 self.wedged_routes[word].load(Ordering::Relaxed) & bit != 0
-            }
+            }),
         }
+    }
+
+    /// Whether a request's route is hashed before the call. Only adaptive isolation uses the
+    /// hash. A watched request's copy can give it later, if the request wedges; so it is
+    /// needed now only when some route has wedged (isolation is decided before the call) or
+    /// when there will be no copy.
+    pub(crate) fn needs_route_hash(&self, watched: bool) -> bool {
+        self.isolation == Isolation::Adaptive
+            && (!watched || self.any_route_wedged.load(Ordering::Relaxed))
     }
 
     /// Remembers that a request to the route with this hash was wedged.
     pub(crate) fn note_wedged_route(&self, route: u64) {
         let (word, bit) = Self::route_bit(route);
         self.wedged_routes[word].fetch_or(bit, Ordering::Relaxed);
+        self.any_route_wedged.store(true, Ordering::Relaxed);
     }
 
     fn route_bit(route: u64) -> (usize, u64) {

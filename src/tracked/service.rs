@@ -123,10 +123,11 @@ impl<S> Tracked<S> {
         let started = parts.registry.clock.ns_at(now);
         let dues = crate::monitor::dues(parts, started, watched);
         let route = match deadlines {
-            Some(part) if part.isolation == crate::config::Isolation::Adaptive => {
-                crate::timebox::part::route_hash(request.method(), request.uri().path())
-            }
-            _ => 0,
+            Some(part) if part.needs_route_hash(watched) => Some(crate::timebox::part::route_hash(
+                request.method(),
+                request.uri().path(),
+            )),
+            _ => None,
         };
         let registration = parts
             .registry
