@@ -17,9 +17,9 @@
 //! | `VIGIL_BENCH_WARMUP_MS` | 500 | warm-up before each measurement |
 //! | `VIGIL_BENCH_CONNECTIONS` | 64 | keep-alive connections of the load generator |
 //!
-//! With 8 variants besides bare axum the defaults take about 4 minutes. The same server can be measured with wrk
-//! or oha: `VIGIL_BENCH_SERVE=NAME` serves that variant on `VIGIL_BENCH_PORT` (default 3000)
-//! until killed (see the README for the commands).
+//! With 9 variants besides bare axum the defaults take about 4 minutes and a half. The same
+//! server can be measured with wrk or oha: `VIGIL_BENCH_SERVE=NAME` serves that variant on
+//! `VIGIL_BENCH_PORT` (default 3000) until killed (see the README for the commands).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -118,6 +118,25 @@ fn variants() -> Vec<(&'static str, Wrap)> {
             ),
         ),
         ("Vigil (every option on)", wrap(everything)),
+        (
+            "Vigil (lean: no copied headers, no Deadline extension)",
+            wrap(
+                Vigil::new()
+                    .profiler(profiler())
+                    .watchdog(
+                        WatchdogLayer::builder(threshold)
+                            .report_headers([])
+                            .build()
+                            .expect("valid"),
+                    )
+                    .timebox(
+                        TimeboxLayer::builder_for_supervisor(Duration::from_secs(30))
+                            .deadline_extension(false)
+                            .build()
+                            .expect("30 s"),
+                    ),
+            ),
+        ),
     ]
 }
 
