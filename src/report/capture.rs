@@ -147,9 +147,16 @@ impl RequestMeta {
         if self.uri_len == 0 || self.uri_total > self.uri_len {
             return None;
         }
-        let path = self.uri().get(self.path_at as usize..)?;
-        let path = path.split_once('?').map_or(path, |(path, _)| path);
-        Some(crate::timebox::part::route_hash(&self.method(), path))
+        Some(crate::timebox::part::route_hash(
+            &self.method(),
+            self.path(),
+        ))
+    }
+
+    /// The URI's path: what follows `scheme://authority`, up to the query.
+    fn path(&self) -> &str {
+        let path = self.uri().get(self.path_at as usize..).unwrap_or_default();
+        path.split_once('?').map_or(path, |(path, _)| path)
     }
 
     fn uri(&self) -> &str {
@@ -159,11 +166,8 @@ impl RequestMeta {
     /// The route as a report's route key shows it: axum's matched route, or else the path.
     pub(crate) fn route(&self) -> String {
         if self.route_len == 0 {
-            let uri = self.uri();
-            let path = uri.get(self.path_at as usize..).unwrap_or_default();
-            let path = path.split_once('?').map_or(path, |(path, _)| path);
-            let mut route = path.to_owned();
-            if self.uri_total > self.uri_len && !uri.contains('?') {
+            let mut route = self.path().to_owned();
+            if self.uri_total > self.uri_len && !self.uri().contains('?') {
                 let _ = write!(route, "…[truncated, {} bytes]", self.uri_total);
             }
             return route;
