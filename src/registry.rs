@@ -59,14 +59,6 @@ fn stored_route_hash(hash: u64) -> u32 {
     (hash as u32).max(1)
 }
 
-fn take_due(due: &AtomicU64, now: u64) -> bool {
-    let at = due.load(Ordering::Relaxed);
-    at <= now
-        && due
-            .compare_exchange(at, NEVER, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-}
-
 /// When each event of a request falls due, in registry nanoseconds ([`NEVER`] for none).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Dues {
@@ -122,30 +114,57 @@ struct Head {
 
 /// One in-flight request's record (beyond its [`Head`]): atomics the request path and the
 /// monitor share, and the rest under one lock. Kept small, since a busy service has one per
-/// request in flight.
+/// request in flight: times after the start are 32-bit offsets from it.
 pub(crate) struct Slot {
+    started_ns: AtomicU64,
+    /// `id << FLAG_BITS | flags`, so a late flag can never land on a later request. The id's
+    /// generation also tells the slot's next request its own.
+    deadline_flags: AtomicU64,
+    body_bytes: AtomicU64,
+    /// Offsets from the start in [`DUE_UNIT_NS`] units, rounded up ([`NO_DUE`] for none).
+    watch_due: AtomicU32,
+    soft_due: AtomicU32,
+    hard_due: AtomicU32,
+    /// When a stuck request ended, in the same units (0 while it runs).
+    finished_at: AtomicU32,
     /// Hash of the request's route, for adaptive isolation (0 when not needed).
     route_hash: AtomicU32,
     /// Milliseconds from the start to when the handler answered and the body began to
     /// stream, plus one (0 while the handler runs).
     body_started_ms: AtomicU32,
-    body_bytes: AtomicU64,
     body_frames: AtomicU32,
     /// Milliseconds from the start to the body's last frame.
     body_last_ms: AtomicU32,
-    started_ns: AtomicU64,
-    watch_due_ns: AtomicU64,
-    soft_due_ns: AtomicU64,
-    hard_due_ns: AtomicU64,
-    /// `id << FLAG_BITS | flags`, so a late flag can never land on a later request.
-    deadline_flags: AtomicU64,
-    finished_ns: AtomicU64,
-    generation: AtomicU32,
     polling_tid: AtomicI32,
-    reports: AtomicU32,
+    reports: AtomicU16,
     /// HTTP status of the finished response, or 0 when the future was dropped without one.
     finished_status: AtomicU16,
     occupant: Mutex<Occupant>,
+}
+
+/// Unit of a slot's due offsets: 2^16 ns (65.5 µs), far below any monitor tick, so that 32
+/// bits reach 78 hours past a request's start.
+const DUE_UNIT_SHIFT: u32 = 16;
+#[cfg(test)]
+const DUE_UNIT_NS: u64 = 1 << DUE_UNIT_SHIFT;
+/// "Nothing due" as an offset. A due more than 78 hours after the start is kept as none.
+const NO_DUE: u32 = u32::MAX;
+
+/// `due_ns` as an offset from `started_ns`, rounded up so an event never fires early.
+fn due_offset(started_ns: u64, due_ns: u64) -> u32 {
+    if due_ns == NEVER {
+        return NO_DUE;
+    }
+    let units = due_ns.saturating_sub(started_ns).div_ceil(1 << DUE_UNIT_SHIFT);
+    u32::try_from(units).unwrap_or(NO_DUE).min(NO_DUE)
+}
+
+fn due_at(started_ns: u64, offset: u32) -> u64 {
+    if offset == NO_DUE {
+        NEVER
+    } else {
+        started_ns + (u64::from(offset) << DUE_UNIT_SHIFT)
+    }
 }
 
 /// What a slot knows of its request beyond atomics: its description, the parts (watch,
@@ -166,20 +185,19 @@ pub(crate) struct Occupant {
 impl Slot {
     fn new() -> Self {
         Self {
+            started_ns: AtomicU64::new(0),
+            deadline_flags: AtomicU64::new(0),
+            body_bytes: AtomicU64::new(0),
+            watch_due: AtomicU32::new(NO_DUE),
+            soft_due: AtomicU32::new(NO_DUE),
+            hard_due: AtomicU32::new(NO_DUE),
+            finished_at: AtomicU32::new(0),
             route_hash: AtomicU32::new(0),
             body_started_ms: AtomicU32::new(0),
-            body_bytes: AtomicU64::new(0),
             body_frames: AtomicU32::new(0),
             body_last_ms: AtomicU32::new(0),
-            started_ns: AtomicU64::new(0),
-            watch_due_ns: AtomicU64::new(NEVER),
-            soft_due_ns: AtomicU64::new(NEVER),
-            hard_due_ns: AtomicU64::new(NEVER),
-            deadline_flags: AtomicU64::new(0),
-            finished_ns: AtomicU64::new(0),
-            generation: AtomicU32::new(0),
             polling_tid: AtomicI32::new(0),
-            reports: AtomicU32::new(0),
+            reports: AtomicU16::new(0),
             finished_status: AtomicU16::new(0),
             occupant: Mutex::new(Occupant::default()),
         }
@@ -273,27 +291,50 @@ impl Slot {
 
     /// The earliest pending event.
     fn earliest_due_ns(&self) -> u64 {
-        self.watch_due_ns()
-            .min(self.soft_due_ns.load(Ordering::Relaxed))
-            .min(self.hard_due_ns.load(Ordering::Relaxed))
+        let earliest = self
+            .watch_due
+            .load(Ordering::Relaxed)
+            .min(self.soft_due.load(Ordering::Relaxed))
+            .min(self.hard_due.load(Ordering::Relaxed));
+        due_at(self.started_ns(), earliest)
     }
 
     pub(crate) fn watch_due_ns(&self) -> u64 {
-        self.watch_due_ns.load(Ordering::Relaxed)
+        due_at(self.started_ns(), self.watch_due.load(Ordering::Relaxed))
     }
 
     pub(crate) fn set_watch_due_ns(&self, due: u64) {
-        self.watch_due_ns.store(due, Ordering::Relaxed);
+        self.watch_due
+            .store(due_offset(self.started_ns(), due), Ordering::Relaxed);
     }
 
     /// Takes the soft deadline if it has come: true once per request.
     pub(crate) fn take_soft_due(&self, now: u64) -> bool {
-        take_due(&self.soft_due_ns, now)
+        self.take_due(&self.soft_due, now)
     }
 
     /// Takes the hard deadline if it has come: true once per request.
     pub(crate) fn take_hard_due(&self, now: u64) -> bool {
-        take_due(&self.hard_due_ns, now)
+        self.take_due(&self.hard_due, now)
+    }
+
+    fn take_due(&self, due: &AtomicU32, now: u64) -> bool {
+        let at = due.load(Ordering::Relaxed);
+        at != NO_DUE
+            && due_at(self.started_ns(), at) <= now
+            && due
+                .compare_exchange(at, NO_DUE, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Lets go of the soft and hard deadlines: they never fire.
+    fn drop_deadlines(&self) {
+        self.soft_due.store(NO_DUE, Ordering::Relaxed);
+        self.hard_due.store(NO_DUE, Ordering::Relaxed);
+    }
+
+    fn has_hard_due(&self) -> bool {
+        self.hard_due.load(Ordering::Relaxed) != NO_DUE
     }
 
     /// Sets deadline flags for request `id`; false if the slot has moved on to another request.
@@ -383,17 +424,20 @@ impl Slot {
 
     /// Number of slow reports made for the current request so far.
     pub(crate) fn reports(&self) -> u32 {
-        self.reports.load(Ordering::Relaxed)
+        u32::from(self.reports.load(Ordering::Relaxed))
     }
 
     pub(crate) fn add_report(&self) {
-        self.reports.fetch_add(1, Ordering::Relaxed);
+        let reports = self.reports.load(Ordering::Relaxed);
+        self.reports
+            .store(reports.saturating_add(1), Ordering::Relaxed);
     }
 
+    /// When a stuck request ended (registry ns, to [`DUE_UNIT_NS`]) and the status it sent.
     pub(crate) fn finished(&self) -> (u64, Option<u16>) {
         let status = self.finished_status.load(Ordering::Relaxed);
         (
-            self.finished_ns.load(Ordering::Relaxed),
+            due_at(self.started_ns(), self.finished_at.load(Ordering::Relaxed)),
             (status != 0).then_some(status),
         )
     }
@@ -650,11 +694,10 @@ impl Registry {
             (slot, index)
         };
         let number = ((index as u32) << SHARD_BITS) | shard as u32;
-        let generation = slot
-            .generation
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add(1)
-            & ((1 << GENERATION_BITS) - 1);
+        // Only the slot's holder writes its flags word, so the last id in it is the previous
+        // request's: the next generation follows from it.
+        let previous = slot.deadline_flags.load(Ordering::Relaxed) >> FLAG_BITS >> 32;
+        let generation = (previous as u32).wrapping_add(1) & ((1 << GENERATION_BITS) - 1);
         let generation = generation.max(1);
         let id = (u64::from(generation) << 32) | u64::from(number);
         let due_ns = dues.watch.min(dues.soft).min(dues.hard);
@@ -663,9 +706,14 @@ impl Registry {
         slot.route_hash
             .store(route_hash.map_or(0, stored_route_hash), Ordering::Relaxed);
         slot.body_started_ms.store(0, Ordering::Relaxed);
-        slot.watch_due_ns.store(dues.watch, Ordering::Relaxed);
-        slot.soft_due_ns.store(dues.soft, Ordering::Relaxed);
-        slot.hard_due_ns.store(dues.hard, Ordering::Relaxed);
+        for (offset, due) in [
+            (&slot.watch_due, dues.watch),
+            (&slot.soft_due, dues.soft),
+            (&slot.hard_due, dues.hard),
+        ] {
+            offset.store(due_offset(started_ns, due), Ordering::Relaxed);
+        }
+        slot.finished_at.store(0, Ordering::Relaxed);
         let head = slot.at().head();
         head.due_ns.store(due_ns, Ordering::Relaxed);
         let watched_flag = if watched { WATCHED } else { 0 };
@@ -860,9 +908,8 @@ impl Registration {
     /// Deadlines other than the body's own no longer apply.
     pub(crate) fn start_body(&self, keep_deadlines: bool) {
         let slot = &self.slot;
-        if !keep_deadlines && slot.hard_due_ns.load(Ordering::Relaxed) != NEVER {
-            slot.soft_due_ns.store(NEVER, Ordering::Relaxed);
-            slot.hard_due_ns.store(NEVER, Ordering::Relaxed);
+        if !keep_deadlines && slot.has_hard_due() {
+            slot.drop_deadlines();
             slot.reschedule();
         }
         let now = slot.ms_since_start(&self.registry.clock);
@@ -924,9 +971,9 @@ impl Registration {
             self.registry.release(self.id);
             return false;
         }
-        self.slot
-            .finished_ns
-            .store(self.registry.clock.now_ns(), Ordering::Relaxed);
+        let started = self.slot.started_ns();
+        let ended = due_offset(started, self.registry.clock.now_ns()).clamp(1, NO_DUE - 1);
+        self.slot.finished_at.store(ended, Ordering::Relaxed);
         head.word
             .compare_exchange(
                 stuck,
@@ -994,8 +1041,7 @@ impl RequestHandle {
         if self.slot.current_id() != self.id {
             return false;
         }
-        self.slot.soft_due_ns.store(NEVER, Ordering::Relaxed);
-        self.slot.hard_due_ns.store(NEVER, Ordering::Relaxed);
+        self.slot.drop_deadlines();
         self.slot.reschedule();
         true
     }
@@ -1131,9 +1177,11 @@ mod tests {
         // must still fit in a word, or every deadline check would read "moved on".
         let first = registry.register(0, dues(), None, &parts, |_| {});
         let slot = first.slot.clone();
+        let number = first.id() & u64::from(u32::MAX);
         drop(first);
-        slot.generation
-            .store((1 << GENERATION_BITS) - 3, Ordering::Relaxed);
+        let last_but_three = u64::from((1u32 << GENERATION_BITS) - 4) << 32 | number;
+        slot.deadline_flags
+            .store(last_but_three << FLAG_BITS, Ordering::Relaxed);
         for _ in 0..4 {
             let registration = registry.register(0, dues(), None, &parts, |_| {});
             let id = registration.id();
@@ -1179,9 +1227,31 @@ mod tests {
     fn a_slot_is_small() {
         // 100 000 requests in flight hold one slot each.
         assert!(
-            std::mem::size_of::<Slot>() <= 256,
+            std::mem::size_of::<Slot>() <= 160,
             "{}",
             std::mem::size_of::<Slot>()
         );
+    }
+
+    #[test]
+    fn due_offsets_round_up_and_give_up_past_their_reach() {
+        let start = 5_000_000_000;
+        assert_eq!(due_offset(start, NEVER), NO_DUE);
+        assert_eq!(due_at(start, NO_DUE), NEVER);
+        // Never early: a due between two units fires at the later one.
+        assert_eq!(due_offset(start, start + 1), 1);
+        assert_eq!(due_at(start, 1), start + DUE_UNIT_NS);
+        assert_eq!(due_offset(start, start + DUE_UNIT_NS), 1);
+        assert_eq!(due_offset(start, start + DUE_UNIT_NS + 1), 2);
+        // A due already past (or at the start) is due at once.
+        assert_eq!(due_offset(start, start - 10), 0);
+        assert_eq!(due_at(start, 0), start);
+        // 25 s lands within one unit of itself.
+        let due = start + 25_000_000_000;
+        let at = due_at(start, due_offset(start, due));
+        assert!(at >= due && at - due < DUE_UNIT_NS, "{at} vs {due}");
+        // Beyond 32 bits of units the due is kept as none rather than wrapped.
+        let far = start + (u64::from(u32::MAX) << DUE_UNIT_SHIFT) + 1;
+        assert_eq!(due_offset(start, far), NO_DUE);
     }
 }

@@ -120,6 +120,16 @@ impl WatchdogConfig {
             ));
         }
         header_names("watchdog.report_headers", &self.report_headers)?;
+        if self.report_headers.len() > crate::report::REPORT_HEADERS_LIMIT {
+            return Err(ConfigError::invalid(
+                "watchdog.report_headers",
+                self.report_headers.len(),
+                format!(
+                    "at most {} headers can be copied into reports",
+                    crate::report::REPORT_HEADERS_LIMIT
+                ),
+            ));
+        }
         header_names("watchdog.redact_headers", &self.redact_headers)?;
         for pattern in &self.ignore_paths {
             if !(pattern.starts_with('/') || pattern.starts_with('*')) {

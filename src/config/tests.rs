@@ -763,3 +763,23 @@ fn valid_edge_values_pass() {
         (Duration::from_secs(10), Duration::from_secs(10))
     );
 }
+
+#[test]
+fn more_report_headers_than_a_report_can_index_are_refused() {
+    let at_limit = WatchdogConfig {
+        report_headers: (0..crate::report::REPORT_HEADERS_LIMIT)
+            .map(|i| format!("x-h{i}"))
+            .collect(),
+        ..WatchdogConfig::default()
+    };
+    at_limit.validate().expect("255 headers fit");
+    let over = WatchdogConfig {
+        report_headers: (0..=crate::report::REPORT_HEADERS_LIMIT)
+            .map(|i| format!("x-h{i}"))
+            .collect(),
+        ..WatchdogConfig::default()
+    };
+    let error = over.validate().unwrap_err();
+    assert_eq!(error.field(), "watchdog.report_headers");
+    assert!(error.to_string().contains("at most 255"), "{error}");
+}

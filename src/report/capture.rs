@@ -82,27 +82,26 @@ fn matched_path<B>(_: &http::Request<B>) -> Option<&str> {
 /// redacts, so the request path only copies bytes and the matching runs for slow requests alone.
 ///
 /// `text` holds the URI, then the route when it differs from the path, then an extension
-/// method's name, then one record per copied header: its index in the configured list (2 bytes),
-/// the bytes kept (2), the value's full length (4), and the bytes kept. One buffer sized to the
-/// request keeps a registry slot small: 100 000 requests in flight hold their text and little
-/// more.
+/// method's name, then (only when the URI or the route was cut) their full lengths, then one
+/// record per copied header: its index in the configured list (1 byte), the bytes kept (2, the
+/// top bit set when the value was cut, and then its full length in 4 more), and the bytes kept.
+/// One buffer sized to the request, and offsets of 16 bits, keep a registry slot small: 100 000
+/// requests in flight hold their text and little more.
 #[derive(Debug, Default)]
 pub(crate) struct RequestMeta {
     text: Vec<u8>,
     /// `scheme://authority/path?query`, at most [`URI_LIMIT`] bytes of it.
-    uri_len: u32,
-    /// The URI's full length; more than `uri_len` when it was cut.
-    uri_total: u32,
+    uri_len: u16,
     /// Where the path begins in the URI (after `scheme://authority`).
-    path_at: u32,
+    path_at: u16,
     /// The route axum matched, when there was one; 0 means the URI's path is the route.
-    route_len: u32,
-    /// The route's full length; more than `route_len` when it was cut.
-    route_total: u32,
+    route_len: u16,
     /// Index into [`STANDARD_METHODS`], or [`EXTENSION_METHOD`] with the name in `text`.
     method: u8,
     method_len: u8,
     version: http::Version,
+    /// The URI or the route was cut: their full lengths follow the method in `text`.
+    cut: bool,
 }
 
 /// Methods kept as a one-byte code.
@@ -120,8 +119,14 @@ const STANDARD_METHODS: [http::Method; 9] = [
 const EXTENSION_METHOD: u8 = u8::MAX;
 /// Longest extension method name kept.
 const METHOD_LIMIT: usize = 64;
-/// Bytes before each copied header value in [`RequestMeta::text`].
-const HEADER_RECORD: usize = 8;
+/// Bytes before each copied header value in [`RequestMeta::text`], and the more that follow
+/// when the value was cut.
+const HEADER_RECORD: usize = 3;
+const HEADER_RECORD_CUT: usize = 4;
+/// The kept length's bit that says the value was cut.
+const CUT_BIT: u16 = 1 << 15;
+/// Most headers a watchdog can be configured to copy: a record names one in a byte.
+pub(crate) const REPORT_HEADERS_LIMIT: usize = u8::MAX as usize;
 /// Most configured headers one request copies; more matches are left out.
 const HEADER_COPY_LIMIT: usize = 32;
 
@@ -130,7 +135,7 @@ impl RequestMeta {
         match STANDARD_METHODS.get(usize::from(self.method)) {
             Some(method) => method.clone(),
             None => {
-                let at = (self.uri_len + self.route_len) as usize;
+                let at = self.method_at();
                 http::Method::from_bytes(&self.text[at..at + usize::from(self.method_len)])
                     .unwrap_or_default()
             }
@@ -141,10 +146,31 @@ impl RequestMeta {
         self.version
     }
 
+    fn method_at(&self) -> usize {
+        usize::from(self.uri_len) + usize::from(self.route_len)
+    }
+
+    /// The full lengths of the URI and the route, as received.
+    fn totals(&self) -> (usize, usize) {
+        if !self.cut {
+            return (usize::from(self.uri_len), usize::from(self.route_len));
+        }
+        let at = self.method_at() + usize::from(self.method_len);
+        let read = |at: usize| {
+            let bytes = self.text.get(at..at + 4).unwrap_or(&[0; 4]);
+            u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize
+        };
+        (read(at), read(at + 4))
+    }
+
+    fn uri_cut(&self) -> bool {
+        self.totals().0 > usize::from(self.uri_len)
+    }
+
     /// The hash adaptive isolation keys routes by, as `route_hash` gives it for the request
     /// itself; `None` when the URI was cut (or nothing was copied).
     pub(crate) fn route_hash(&self) -> Option<u64> {
-        if self.uri_len == 0 || self.uri_total > self.uri_len {
+        if self.uri_len == 0 || self.uri_cut() {
             return None;
         }
         Some(crate::timebox::part::route_hash(
@@ -155,44 +181,54 @@ impl RequestMeta {
 
     /// The URI's path: what follows `scheme://authority`, up to the query.
     fn path(&self) -> &str {
-        let path = self.uri().get(self.path_at as usize..).unwrap_or_default();
+        let path = self.uri().get(usize::from(self.path_at)..).unwrap_or_default();
         path.split_once('?').map_or(path, |(path, _)| path)
     }
 
     fn uri(&self) -> &str {
-        std::str::from_utf8(&self.text[..self.uri_len as usize]).unwrap_or_default()
+        std::str::from_utf8(&self.text[..usize::from(self.uri_len)]).unwrap_or_default()
     }
 
     /// The route as a report's route key shows it: axum's matched route, or else the path.
     pub(crate) fn route(&self) -> String {
+        let (uri_total, route_total) = self.totals();
         if self.route_len == 0 {
             let mut route = self.path().to_owned();
-            if self.uri_total > self.uri_len && !self.uri().contains('?') {
-                let _ = write!(route, "…[truncated, {} bytes]", self.uri_total);
+            if uri_total > usize::from(self.uri_len) && !self.uri().contains('?') {
+                let _ = write!(route, "…[truncated, {uri_total} bytes]");
             }
             return route;
         }
-        let at = self.uri_len as usize;
-        let mut route = std::str::from_utf8(&self.text[at..at + self.route_len as usize])
+        let at = usize::from(self.uri_len);
+        let mut route = std::str::from_utf8(&self.text[at..at + usize::from(self.route_len)])
             .unwrap_or_default()
             .to_owned();
-        if self.route_total > self.route_len {
-            let _ = write!(route, "…[truncated, {} bytes]", self.route_total);
+        if route_total > usize::from(self.route_len) {
+            let _ = write!(route, "…[truncated, {route_total} bytes]");
         }
         route
     }
 
     /// Each copied header: its index in the configured list, the bytes kept, its full length.
     fn headers(&self) -> impl Iterator<Item = (usize, &[u8], usize)> + '_ {
-        let mut at = (self.uri_len + self.route_len) as usize + usize::from(self.method_len);
+        let lengths = if self.cut { 8 } else { 0 };
+        let mut at = self.method_at() + usize::from(self.method_len) + lengths;
         std::iter::from_fn(move || {
             let record = self.text.get(at..at + HEADER_RECORD)?;
-            let index = u16::from_le_bytes([record[0], record[1]]);
-            let kept = usize::from(u16::from_le_bytes([record[2], record[3]]));
-            let len = u32::from_le_bytes([record[4], record[5], record[6], record[7]]);
-            let value = &self.text[at + HEADER_RECORD..at + HEADER_RECORD + kept];
-            at += HEADER_RECORD + kept;
-            Some((usize::from(index), value, len as usize))
+            let index = record[0];
+            let kept = u16::from_le_bytes([record[1], record[2]]);
+            at += HEADER_RECORD;
+            let len = if kept & CUT_BIT != 0 {
+                let full = self.text.get(at..at + HEADER_RECORD_CUT)?;
+                at += HEADER_RECORD_CUT;
+                u32::from_le_bytes([full[0], full[1], full[2], full[3]]) as usize
+            } else {
+                usize::from(kept)
+            };
+            let kept = usize::from(kept & !CUT_BIT);
+            let value = self.text.get(at..at + kept)?;
+            at += kept;
+            Some((usize::from(index), value, len))
         })
     }
 }
@@ -311,21 +347,26 @@ impl RequestCapture {
                 text.truncate(error.valid_up_to());
             }
         }
-        meta.uri_len = text.len() as u32;
-        meta.path_at = path_at.min(text.len()) as u32;
-        meta.uri_total = uri_total.min(u32::MAX as usize) as u32;
+        meta.uri_len = text.len() as u16;
+        meta.path_at = path_at.min(text.len()) as u16;
         text.reserve_exact(route_kept.len() + method_name.len());
         if !route_kept.is_empty() {
             text.extend_from_slice(route_kept.as_bytes());
         }
-        meta.route_len = route_kept.len() as u32;
-        meta.route_total = route.len().min(u32::MAX as usize) as u32;
+        meta.route_len = route_kept.len() as u16;
         if !method_name.is_empty() {
             text.extend_from_slice(method_name.as_bytes());
         }
         meta.method = code;
         meta.method_len = method_name.len() as u8;
         meta.version = request.version();
+        meta.cut = uri_total > usize::from(meta.uri_len) || route.len() > route_kept.len();
+        if meta.cut {
+            let full = |len: usize| (len.min(u32::MAX as usize) as u32).to_le_bytes();
+            text.reserve_exact(8);
+            text.extend_from_slice(&full(uri_total));
+            text.extend_from_slice(&full(route.len()));
+        }
 
         // One pass over the request's few headers beats a hash lookup per configured name.
         let mut copied = 0;
@@ -337,18 +378,27 @@ impl RequestCapture {
                 continue;
             };
             let bytes = value.as_bytes();
-            let kept = if self.headers[index].1 {
+            let redacted = self.headers[index].1;
+            let kept = if redacted {
                 &[][..]
             } else {
                 &bytes[..bytes.len().min(HEADER_VALUE_LIMIT)]
             };
-            let len = bytes.len().min(u32::MAX as usize) as u32;
-            let mut record = [0; HEADER_RECORD];
-            record[..2].copy_from_slice(&(index as u16).to_le_bytes());
-            record[2..4].copy_from_slice(&(kept.len() as u16).to_le_bytes());
-            record[4..].copy_from_slice(&len.to_le_bytes());
-            text.reserve_exact(HEADER_RECORD + kept.len());
-            text.extend_from_slice(&record);
+            // A redacted value is never copied, and shown as the same mark whatever its length.
+            let cut = !redacted && kept.len() < bytes.len();
+            let mut record = [0; HEADER_RECORD + HEADER_RECORD_CUT];
+            record[0] = index as u8;
+            let flag = if cut { CUT_BIT } else { 0 };
+            record[1..3].copy_from_slice(&(kept.len() as u16 | flag).to_le_bytes());
+            let record = if cut {
+                let len = bytes.len().min(u32::MAX as usize) as u32;
+                record[HEADER_RECORD..].copy_from_slice(&len.to_le_bytes());
+                &record[..]
+            } else {
+                &record[..HEADER_RECORD]
+            };
+            text.reserve_exact(record.len() + kept.len());
+            text.extend_from_slice(record);
             if !kept.is_empty() {
                 text.extend_from_slice(kept);
             }
@@ -373,8 +423,9 @@ impl RequestCapture {
             }
             None => uri.push_str(kept),
         }
-        if meta.uri_total > meta.uri_len {
-            let _ = write!(uri, "…[truncated, {} bytes]", meta.uri_total);
+        let (uri_total, _) = meta.totals();
+        if uri_total > kept.len() {
+            let _ = write!(uri, "…[truncated, {uri_total} bytes]");
         }
         let headers = meta
             .headers()
@@ -686,9 +737,11 @@ mod tests {
         let mark = format!("…[truncated, {} bytes]", path.len());
         assert!(uri.ends_with(&mark), "{}", &uri[uri.len() - 40..]);
         assert_eq!(uri.len(), URI_LIMIT - 1 + mark.len());
+        // The kept part, plus the two full lengths a cut request line records.
         assert!(
-            meta.text.capacity() <= URI_LIMIT,
-            "only the kept part is copied"
+            meta.text.capacity() <= URI_LIMIT + 8,
+            "only the kept part is copied: {}",
+            meta.text.capacity()
         );
     }
 

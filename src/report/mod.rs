@@ -52,7 +52,9 @@ pub(crate) mod signature;
 mod text;
 
 pub use self::builder::SlowRequestReportBuilder;
-pub(crate) use self::capture::{RenderedRequest, RequestCapture, RequestMeta};
+pub(crate) use self::capture::{
+    RenderedRequest, RequestCapture, RequestMeta, REPORT_HEADERS_LIMIT,
+};
 pub use self::capture::{
     ALWAYS_REDACTED_HEADERS, REDACTED, SENSITIVE_NAMES, SENSITIVE_NAME_FRAGMENTS,
 };
