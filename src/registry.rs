@@ -155,7 +155,9 @@ fn due_offset(started_ns: u64, due_ns: u64) -> u32 {
     if due_ns == NEVER {
         return NO_DUE;
     }
-    let units = due_ns.saturating_sub(started_ns).div_ceil(1 << DUE_UNIT_SHIFT);
+    let units = due_ns
+        .saturating_sub(started_ns)
+        .div_ceil(1 << DUE_UNIT_SHIFT);
     u32::try_from(units).unwrap_or(NO_DUE).min(NO_DUE)
 }
 

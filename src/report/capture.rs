@@ -181,7 +181,10 @@ impl RequestMeta {
 
     /// The URI's path: what follows `scheme://authority`, up to the query.
     fn path(&self) -> &str {
-        let path = self.uri().get(usize::from(self.path_at)..).unwrap_or_default();
+        let path = self
+            .uri()
+            .get(usize::from(self.path_at)..)
+            .unwrap_or_default();
         path.split_once('?').map_or(path, |(path, _)| path)
     }
 
