@@ -158,7 +158,7 @@ fn due_offset(started_ns: u64, due_ns: u64) -> u32 {
     let units = due_ns
         .saturating_sub(started_ns)
         .div_ceil(1 << DUE_UNIT_SHIFT);
-    u32::try_from(units).unwrap_or(NO_DUE).min(NO_DUE)
+    u32::try_from(units).unwrap_or(NO_DUE)
 }
 
 fn due_at(started_ns: u64, offset: u32) -> u64 {
