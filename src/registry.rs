@@ -144,9 +144,7 @@ pub(crate) struct Slot {
 
 /// Unit of a slot's due offsets: 2^16 ns (65.5 µs), far below any monitor tick, so that 32
 /// bits reach 78 hours past a request's start.
-const DUE_UNIT_SHIFT: u32 = 16;
-#[cfg(test)]
-const DUE_UNIT_NS: u64 = 1 << DUE_UNIT_SHIFT;
+const DUE_UNIT_NS: u64 = 1 << 16;
 /// "Nothing due" as an offset. A due more than 78 hours after the start is kept as none.
 const NO_DUE: u32 = u32::MAX;
 
@@ -155,9 +153,7 @@ fn due_offset(started_ns: u64, due_ns: u64) -> u32 {
     if due_ns == NEVER {
         return NO_DUE;
     }
-    let units = due_ns
-        .saturating_sub(started_ns)
-        .div_ceil(1 << DUE_UNIT_SHIFT);
+    let units = due_ns.saturating_sub(started_ns).div_ceil(DUE_UNIT_NS);
     u32::try_from(units).unwrap_or(NO_DUE)
 }
 
@@ -165,7 +161,7 @@ fn due_at(started_ns: u64, offset: u32) -> u64 {
     if offset == NO_DUE {
         NEVER
     } else {
-        started_ns + (u64::from(offset) << DUE_UNIT_SHIFT)
+        started_ns + u64::from(offset) * DUE_UNIT_NS
     }
 }
 
@@ -430,9 +426,10 @@ impl Slot {
     }
 
     pub(crate) fn add_report(&self) {
-        let reports = self.reports.load(Ordering::Relaxed);
-        self.reports
-            .store(reports.saturating_add(1), Ordering::Relaxed);
+        // The monitor and a shutting-down watchdog may both report: one atomic step.
+        let _ = self
+            .reports
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
     }
 
     /// When a stuck request ended (registry ns, to [`DUE_UNIT_NS`]) and the status it sent.
@@ -702,21 +699,25 @@ impl Registry {
         let generation = (previous as u32).wrapping_add(1) & ((1 << GENERATION_BITS) - 1);
         let generation = generation.max(1);
         let id = (u64::from(generation) << 32) | u64::from(number);
-        let due_ns = dues.watch.min(dues.soft).min(dues.hard);
         let watched = dues.watch != NEVER;
         slot.started_ns.store(started_ns, Ordering::Relaxed);
         slot.route_hash
             .store(route_hash.map_or(0, stored_route_hash), Ordering::Relaxed);
         slot.body_started_ms.store(0, Ordering::Relaxed);
+        let mut earliest = NO_DUE;
         for (offset, due) in [
             (&slot.watch_due, dues.watch),
             (&slot.soft_due, dues.soft),
             (&slot.hard_due, dues.hard),
         ] {
-            offset.store(due_offset(started_ns, due), Ordering::Relaxed);
+            let due = due_offset(started_ns, due);
+            offset.store(due, Ordering::Relaxed);
+            earliest = earliest.min(due);
         }
         slot.finished_at.store(0, Ordering::Relaxed);
         let head = slot.at().head();
+        // The rounded due, as `reschedule` gives it: the monitor wakes when the event can fire.
+        let due_ns = due_at(started_ns, earliest);
         head.due_ns.store(due_ns, Ordering::Relaxed);
         let watched_flag = if watched { WATCHED } else { 0 };
         slot.deadline_flags
@@ -1253,7 +1254,25 @@ mod tests {
         let at = due_at(start, due_offset(start, due));
         assert!(at >= due && at - due < DUE_UNIT_NS, "{at} vs {due}");
         // Beyond 32 bits of units the due is kept as none rather than wrapped.
-        let far = start + (u64::from(u32::MAX) << DUE_UNIT_SHIFT) + 1;
+        let far = start + u64::from(u32::MAX) * DUE_UNIT_NS + 1;
         assert_eq!(due_offset(start, far), NO_DUE);
+    }
+
+    #[test]
+    fn a_request_falls_due_when_its_first_event_can_fire() {
+        let (registry, parts) = registry_and_parts();
+        // A deadline between two due units: the monitor must not wake before it can fire.
+        let started = 1_000_000_000;
+        let soft = started + 3 * DUE_UNIT_NS + 1;
+        let dues = Dues {
+            watch: NEVER,
+            soft,
+            hard: NEVER,
+        };
+        let registration = registry.register(started, dues, None, &parts, |_| {});
+        let slot = registration.slot.clone();
+        let woken_at = slot.due_ns();
+        assert!(woken_at >= soft, "{woken_at} is before {soft}");
+        assert!(slot.take_soft_due(woken_at), "due when the monitor wakes");
     }
 }

@@ -123,6 +123,8 @@ const METHOD_LIMIT: usize = 64;
 /// when the value was cut.
 const HEADER_RECORD: usize = 3;
 const HEADER_RECORD_CUT: usize = 4;
+/// Bytes of the URI's and the route's full lengths, in `text` only when one was cut.
+const CUT_TOTALS: usize = 8;
 /// The kept length's bit that says the value was cut.
 const CUT_BIT: u16 = 1 << 15;
 /// Most headers a watchdog can be configured to copy: a record names one in a byte.
@@ -156,11 +158,14 @@ impl RequestMeta {
             return (usize::from(self.uri_len), usize::from(self.route_len));
         }
         let at = self.method_at() + usize::from(self.method_len);
-        let read = |at: usize| {
-            let bytes = self.text.get(at..at + 4).unwrap_or(&[0; 4]);
-            u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize
-        };
+        let read = |at| self.read_len(at).unwrap_or_default();
         (read(at), read(at + 4))
+    }
+
+    /// A full length stored in `text` (4 bytes, little-endian).
+    fn read_len(&self, at: usize) -> Option<usize> {
+        let bytes = self.text.get(at..at + 4)?;
+        Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize)
     }
 
     fn uri_cut(&self) -> bool {
@@ -214,7 +219,7 @@ impl RequestMeta {
 
     /// Each copied header: its index in the configured list, the bytes kept, its full length.
     fn headers(&self) -> impl Iterator<Item = (usize, &[u8], usize)> + '_ {
-        let lengths = if self.cut { 8 } else { 0 };
+        let lengths = if self.cut { CUT_TOTALS } else { 0 };
         let mut at = self.method_at() + usize::from(self.method_len) + lengths;
         std::iter::from_fn(move || {
             let record = self.text.get(at..at + HEADER_RECORD)?;
@@ -222,9 +227,9 @@ impl RequestMeta {
             let kept = u16::from_le_bytes([record[1], record[2]]);
             at += HEADER_RECORD;
             let len = if kept & CUT_BIT != 0 {
-                let full = self.text.get(at..at + HEADER_RECORD_CUT)?;
+                let full = self.read_len(at)?;
                 at += HEADER_RECORD_CUT;
-                u32::from_le_bytes([full[0], full[1], full[2], full[3]]) as usize
+                full
             } else {
                 usize::from(kept)
             };
@@ -366,7 +371,7 @@ impl RequestCapture {
         meta.cut = uri_total > usize::from(meta.uri_len) || route.len() > route_kept.len();
         if meta.cut {
             let full = |len: usize| (len.min(u32::MAX as usize) as u32).to_le_bytes();
-            text.reserve_exact(8);
+            text.reserve_exact(CUT_TOTALS);
             text.extend_from_slice(&full(uri_total));
             text.extend_from_slice(&full(route.len()));
         }
@@ -742,7 +747,7 @@ mod tests {
         assert_eq!(uri.len(), URI_LIMIT - 1 + mark.len());
         // The kept part, plus the two full lengths a cut request line records.
         assert!(
-            meta.text.capacity() <= URI_LIMIT + 8,
+            meta.text.capacity() <= URI_LIMIT + CUT_TOTALS,
             "only the kept part is copied: {}",
             meta.text.capacity()
         );
