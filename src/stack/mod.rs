@@ -69,7 +69,7 @@ pub(crate) use symbolize::{leading_crate, resolve, warm_up};
 pub use symbolize::{Frame, FrameOrigin};
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -96,9 +96,28 @@ const ABANDONED: u8 = 6;
 /// The handler finished after its waiter gave up: free to reclaim.
 const STALE: u8 = 7;
 
+/// A slot's state and the thread it is armed for, in one word: a handler claims a slot with one
+/// compare-and-swap that succeeds only while it is armed for the handler's own thread. With the
+/// thread id in a field of its own, a handler could look at a stale id, claim a slot just
+/// re-armed for another thread and hand it back, and that thread's handler, finding it taken
+/// meanwhile, would return with the capture never answered.
+const fn slot_word(state: u8, tid: i32) -> u64 {
+    ((tid as u32 as u64) << 8) | state as u64
+}
+
+fn state_of(word: u64) -> u8 {
+    word as u8
+}
+
+fn tid_of(word: u64) -> i32 {
+    (word >> 8) as u32 as i32
+}
+
+const FREE_WORD: u64 = slot_word(FREE, 0);
+
 struct CaptureSlot {
-    state: AtomicU8,
-    target_tid: AtomicI32,
+    /// [`slot_word`]: state and target thread.
+    state: AtomicU64,
     request_id: AtomicU64,
     interrupted_pc: AtomicUsize,
     len: AtomicUsize,
@@ -108,13 +127,32 @@ struct CaptureSlot {
 impl CaptureSlot {
     const fn new() -> Self {
         Self {
-            state: AtomicU8::new(FREE),
-            target_tid: AtomicI32::new(0),
+            state: AtomicU64::new(FREE_WORD),
             request_id: AtomicU64::new(0),
             interrupted_pc: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
             frames: [const { AtomicUsize::new(0) }; MAX_FRAMES],
         }
+    }
+
+    fn state(&self) -> u8 {
+        state_of(self.state.load(Ordering::Acquire))
+    }
+
+    /// Moves the slot from state `from` to `to`, keeping its thread (a free slot has none);
+    /// false if it was not in `from` (or changed meanwhile).
+    fn advance(&self, from: u8, to: u8) -> bool {
+        let word = self.state.load(Ordering::Acquire);
+        let next = if to == FREE {
+            FREE_WORD
+        } else {
+            slot_word(to, tid_of(word))
+        };
+        state_of(word) == from
+            && self
+                .state
+                .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
     }
 }
 
@@ -524,28 +562,20 @@ extern "C" fn handle_capture_signal(
     let polling = THREAD
         .try_with(|t| t.current_request.load(Ordering::Relaxed))
         .unwrap_or(0);
+    let armed_here = slot_word(ARMED, tid);
     for slot in &SLOTS {
-        if slot.target_tid.load(Ordering::Relaxed) != tid {
-            continue;
-        }
-        if slot
-            .state
-            .compare_exchange(ARMED, WRITING, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            continue;
-        }
-        // Re-check under ownership: the slot may have been re-armed for another thread between
-        // the look above and the claim. Hand it back to that capture.
-        if slot.target_tid.load(Ordering::Relaxed) != tid {
-            if slot
+        // A plain look first, so that a capture does not take every slot's cache line.
+        if slot.state.load(Ordering::Relaxed) != armed_here
+            || slot
                 .state
-                .compare_exchange(WRITING, ARMED, Ordering::Release, Ordering::Relaxed)
+                .compare_exchange(
+                    armed_here,
+                    slot_word(WRITING, tid),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
                 .is_err()
-            {
-                // Its waiter gave up meanwhile; nobody reads the slot any more.
-                slot.state.store(STALE, Ordering::Release);
-            }
+        {
             continue;
         }
         if slot.request_id.load(Ordering::Relaxed) != polling || polling == 0 {
@@ -575,12 +605,9 @@ extern "C" fn handle_capture_signal(
 /// Ends the handler's write with `outcome` (DONE or MISMATCH) for the waiter, or marks the slot
 /// reclaimable if the waiter already gave up on it.
 fn finish_writing(slot: &CaptureSlot, outcome: u8) {
-    if slot
-        .state
-        .compare_exchange(WRITING, outcome, Ordering::Release, Ordering::Relaxed)
-        .is_err()
-    {
-        slot.state.store(STALE, Ordering::Release);
+    if !slot.advance(WRITING, outcome) {
+        // Only the waiter changes a slot that is being written: it gave up (ABANDONED).
+        slot.state.store(slot_word(STALE, 0), Ordering::Release);
     }
 }
 
@@ -616,17 +643,21 @@ fn interrupted_pc(_context: *mut libc::c_void) -> usize {
 /// slot, so two monitors can never both free one.
 fn reclaim_abandoned() {
     for slot in &SLOTS {
-        let _ = slot
-            .state
-            .compare_exchange(STALE, FREE, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = slot.advance(STALE, FREE);
     }
 }
 
-fn claim_slot() -> Option<&'static CaptureSlot> {
+/// A free slot, now being armed for thread `tid`.
+fn claim_slot(tid: i32) -> Option<&'static CaptureSlot> {
     reclaim_abandoned();
     SLOTS.iter().find(|slot| {
         slot.state
-            .compare_exchange(FREE, ARMING, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(
+                FREE_WORD,
+                slot_word(ARMING, tid),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
             .is_ok()
     })
 }
@@ -634,7 +665,7 @@ fn claim_slot() -> Option<&'static CaptureSlot> {
 /// The handler's answer, if it has come, leaving the slot free.
 fn take_outcome(slot: &CaptureSlot) -> Option<Result<RawStack, CaptureError>> {
     // DONE and MISMATCH belong to the waiter alone: nobody else changes them.
-    match slot.state.load(Ordering::Acquire) {
+    match slot.state() {
         DONE => {
             let len = slot.len.load(Ordering::Relaxed).min(MAX_FRAMES);
             let ips: Vec<usize> = slot.frames[..len]
@@ -642,11 +673,11 @@ fn take_outcome(slot: &CaptureSlot) -> Option<Result<RawStack, CaptureError>> {
                 .map(|f| f.load(Ordering::Relaxed))
                 .collect();
             let pc = slot.interrupted_pc.load(Ordering::Relaxed);
-            slot.state.store(FREE, Ordering::Release);
+            slot.state.store(FREE_WORD, Ordering::Release);
             Some(Ok(trim_to_interrupted(ips, pc)))
         }
         MISMATCH => {
-            slot.state.store(FREE, Ordering::Release);
+            slot.state.store(FREE_WORD, Ordering::Release);
             Some(Err(CaptureError::PollEnded))
         }
         _ => None,
@@ -657,13 +688,9 @@ fn take_outcome(slot: &CaptureSlot) -> Option<Result<RawStack, CaptureError>> {
 /// one is writing, and returns the answer if it came in meanwhile.
 fn release_slot(slot: &CaptureSlot) -> Result<RawStack, CaptureError> {
     loop {
-        match slot.state.load(Ordering::Acquire) {
+        match slot.state() {
             ARMED => {
-                if slot
-                    .state
-                    .compare_exchange(ARMED, FREE, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
+                if slot.advance(ARMED, FREE) {
                     // A late handler finds nothing armed for it.
                     return Err(CaptureError::TimedOut {
                         started_writing: false,
@@ -671,11 +698,7 @@ fn release_slot(slot: &CaptureSlot) -> Result<RawStack, CaptureError> {
                 }
             }
             WRITING => {
-                if slot
-                    .state
-                    .compare_exchange(WRITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
+                if slot.advance(WRITING, ABANDONED) {
                     // The handler turns it STALE when done; `reclaim_abandoned` frees it then.
                     return Err(CaptureError::TimedOut {
                         started_writing: true,
@@ -702,12 +725,11 @@ pub(crate) fn start_capture(tid: i32, request_id: u64) -> Result<PendingCapture,
     let signal = owned
         .usable(Check::AtMostOncePerSecond)
         .map_err(CaptureError::Unavailable)?;
-    let slot = claim_slot().ok_or(CaptureError::NoFreeSlot)?;
-    slot.target_tid.store(tid, Ordering::Relaxed);
+    let slot = claim_slot(tid).ok_or(CaptureError::NoFreeSlot)?;
     slot.request_id.store(request_id, Ordering::Relaxed);
     slot.len.store(0, Ordering::Relaxed);
     slot.interrupted_pc.store(0, Ordering::Relaxed);
-    slot.state.store(ARMED, Ordering::Release);
+    slot.state.store(slot_word(ARMED, tid), Ordering::Release);
     let pending = PendingCapture {
         slot: Some(slot),
         outcome: None,
@@ -880,11 +902,15 @@ pub(crate) mod test_support {
             .iter()
             .position(|s| {
                 s.state
-                    .compare_exchange(FREE, WRITING, Ordering::AcqRel, Ordering::Acquire)
+                    .compare_exchange(
+                        FREE_WORD,
+                        slot_word(WRITING, tid),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
                     .is_ok()
             })
             .expect("free slot");
-        SLOTS[index].target_tid.store(tid, Ordering::Relaxed);
         index
     }
 
@@ -893,7 +919,7 @@ pub(crate) mod test_support {
     }
 
     pub(crate) fn slot_is_free(index: usize) -> bool {
-        SLOTS[index].state.load(Ordering::Acquire) == FREE
+        SLOTS[index].state() == FREE
     }
 
     /// Ends a write as the handler does.
@@ -907,10 +933,7 @@ pub(crate) mod test_support {
 
     /// Slots free right now.
     pub(crate) fn free_slots() -> usize {
-        SLOTS
-            .iter()
-            .filter(|s| s.state.load(Ordering::Acquire) == FREE)
-            .count()
+        SLOTS.iter().filter(|s| s.state() == FREE).count()
     }
 
     /// Installs `handler` on `signal` unconditionally, as another library would.
