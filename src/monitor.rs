@@ -55,7 +55,11 @@ impl Core {
         let registry = started.registry.clone();
         let thread = std::thread::Builder::new()
             .name("vigil-monitor".into())
-            .spawn(move || run(registry))
+            .spawn(move || {
+                let short_slice = crate::stack::request_short_slice();
+                tracing::debug!(target: "tower_vigil", short_slice, "monitor thread started");
+                run(registry)
+            })
             .map_err(|error| {
                 ConfigError::other(
                     "monitor",

@@ -257,3 +257,49 @@ fn a_signal_that_already_has_a_handler_is_never_taken_over() {
         handle_capture_signal as *const () as usize
     );
 }
+
+/// The calling thread's scheduling attributes.
+fn sched_attr_of_this_thread() -> libc::sched_attr {
+    let size = std::mem::size_of::<libc::sched_attr>() as u32;
+    // SAFETY: as in `request_short_slice`.
+    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: as in `request_short_slice`.
+    let read = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut attr as *mut libc::sched_attr,
+            size,
+            0,
+        )
+    };
+    assert_eq!(
+        read,
+        0,
+        "sched_getattr: {}",
+        std::io::Error::last_os_error()
+    );
+    attr
+}
+
+#[test]
+fn a_short_slice_is_granted_or_scheduling_is_left_alone() {
+    std::thread::spawn(|| {
+        let before = sched_attr_of_this_thread();
+        let granted = request_short_slice();
+        let after = sched_attr_of_this_thread();
+        assert_eq!(after.sched_policy, before.sched_policy);
+        assert_eq!(after.sched_nice, before.sched_nice);
+        if granted {
+            assert_eq!(after.sched_runtime, SHORT_SLICE_NS);
+        } else {
+            assert_eq!(after.sched_runtime, before.sched_runtime);
+        }
+        eprintln!(
+            "granted {granted}: slice {} ns -> {} ns",
+            before.sched_runtime, after.sched_runtime
+        );
+    })
+    .join()
+    .unwrap();
+}
