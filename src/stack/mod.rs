@@ -256,6 +256,31 @@ const SHORT_SLICE_NS: u64 = 100_000;
 /// otherwise wait up to a default slice (about 3 ms) for a core, which is more than a fine
 /// watchdog tick. Nice and policy stay as they are. False where the kernel refuses.
 pub(crate) fn request_short_slice() -> bool {
+    let Some(mut attr) = this_threads_sched_attr() else {
+        return false;
+    };
+    if attr.sched_policy != libc::SCHED_OTHER as u32 {
+        return false;
+    }
+    attr.size = std::mem::size_of::<libc::sched_attr>() as u32;
+    attr.sched_flags = 0;
+    attr.sched_runtime = SHORT_SLICE_NS;
+    // SAFETY: the struct is fully initialised by sched_getattr and its size field is set; the
+    // call only changes the calling thread's scheduling.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setattr,
+            0,
+            &attr as *const libc::sched_attr,
+            0,
+        )
+    };
+    // Kernels before custom slices accept the call and ignore the slice.
+    set == 0 && this_threads_sched_attr().is_some_and(|attr| attr.sched_runtime == SHORT_SLICE_NS)
+}
+
+/// The calling thread's scheduling attributes.
+fn this_threads_sched_attr() -> Option<libc::sched_attr> {
     let size = std::mem::size_of::<libc::sched_attr>() as u32;
     // SAFETY: zeroed is a valid sched_attr (plain integers).
     let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
@@ -270,23 +295,7 @@ pub(crate) fn request_short_slice() -> bool {
             0,
         )
     };
-    if read != 0 || attr.sched_policy != libc::SCHED_OTHER as u32 {
-        return false;
-    }
-    attr.size = size;
-    attr.sched_flags = 0;
-    attr.sched_runtime = SHORT_SLICE_NS;
-    // SAFETY: the struct is fully initialised by sched_getattr and its size field is set; the
-    // call only changes the calling thread's scheduling.
-    let set = unsafe {
-        libc::syscall(
-            libc::SYS_sched_setattr,
-            0,
-            &attr as *const libc::sched_attr,
-            0,
-        )
-    };
-    set == 0
+    (read == 0).then_some(attr)
 }
 
 /// Makes `request` the request this thread works for, returning the one it replaces; for
