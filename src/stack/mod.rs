@@ -139,6 +139,18 @@ impl CaptureSlot {
         state_of(self.state.load(Ordering::Acquire))
     }
 
+    /// Takes the slot if it is free, putting it in `state` for thread `tid`.
+    fn take_free(&self, state: u8, tid: i32) -> bool {
+        self.state
+            .compare_exchange(
+                FREE_WORD,
+                slot_word(state, tid),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// Moves the slot from state `from` to `to`, keeping its thread (a free slot has none);
     /// false if it was not in `from` (or changed meanwhile).
     fn advance(&self, from: u8, to: u8) -> bool {
@@ -253,7 +265,7 @@ const SHORT_SLICE_NS: u64 = 100_000;
 /// Asks the scheduler to give the calling thread a short time slice (a custom slice of Linux's
 /// EEVDF scheduler, from Linux 6.12 on), which also lets it preempt the running thread when it
 /// wakes. For the monitor: it wakes rarely and briefly, and on a saturated machine it would
-/// otherwise wait up to a default slice (about 3 ms) for a core, which is more than a fine
+/// otherwise wait up to the running thread's slice (1.4 ms by default here) for a core, which is more than a fine
 /// watchdog tick. Nice and policy stay as they are. False where the kernel refuses.
 pub(crate) fn request_short_slice() -> bool {
     let Some(mut attr) = this_threads_sched_attr() else {
@@ -701,16 +713,7 @@ fn reclaim_abandoned() {
 /// A free slot, now being armed for thread `tid`.
 fn claim_slot(tid: i32) -> Option<&'static CaptureSlot> {
     reclaim_abandoned();
-    SLOTS.iter().find(|slot| {
-        slot.state
-            .compare_exchange(
-                FREE_WORD,
-                slot_word(ARMING, tid),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-    })
+    SLOTS.iter().find(|slot| slot.take_free(ARMING, tid))
 }
 
 /// The handler's answer, if it has come, leaving the slot free.
@@ -951,16 +954,7 @@ pub(crate) mod test_support {
     pub(crate) fn occupy_slot_as_writing(tid: i32) -> usize {
         let index = SLOTS
             .iter()
-            .position(|s| {
-                s.state
-                    .compare_exchange(
-                        FREE_WORD,
-                        slot_word(WRITING, tid),
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok()
-            })
+            .position(|s| s.take_free(WRITING, tid))
             .expect("free slot");
         index
     }
