@@ -329,8 +329,8 @@ fn describe(
     id: u64,
     at_ns: u64,
 ) -> Option<RawReport> {
-    let occupant = slot.occupant();
-    if occupant.id != id || !slot.watches(id) {
+    let occupant = slot.occupant_of(id)?;
+    if !slot.watches(id) {
         return None;
     }
     let meta = &occupant.request;

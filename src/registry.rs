@@ -170,7 +170,6 @@ fn due_at(started_ns: u64, offset: u32) -> u64 {
 /// on pending polls, read by the monitor.
 #[derive(Default)]
 pub(crate) struct Occupant {
-    pub(crate) id: u64,
     pub(crate) request: RequestMeta,
     pub(crate) parts: Option<Arc<Parts>>,
     /// Woken at the hard deadline: the response future of the timebox.
@@ -205,12 +204,17 @@ impl Slot {
         lock(&self.occupant)
     }
 
+    /// The occupant of request `id`, or `None` if the slot has moved on. A slot's flags word
+    /// takes a new id only under this lock, so while it is held the word says whose it is: the
+    /// occupant needs no id of its own.
+    pub(crate) fn occupant_of(&self, id: u64) -> Option<MutexGuard<'_, Occupant>> {
+        let occupant = self.occupant();
+        (self.deadline_flags.load(Ordering::Relaxed) >> FLAG_BITS == id).then_some(occupant)
+    }
+
     /// The parts of request `id`, or `None` if the slot has moved on.
     pub(crate) fn parts_of(&self, id: u64) -> Option<Arc<Parts>> {
-        let occupant = self.occupant();
-        (occupant.id == id)
-            .then(|| occupant.parts.clone())
-            .flatten()
+        self.occupant_of(id)?.parts.clone()
     }
 
     /// The parts of request `id` if a watchdog watches it (it was not ignored), or `None`.
@@ -222,15 +226,8 @@ impl Slot {
     /// The parts of request `id` and whether a watchdog watches it, or `None` if the slot has
     /// moved on.
     pub(crate) fn parts_and_watched(&self, id: u64) -> Option<(Arc<Parts>, bool)> {
-        let occupant = self.occupant();
-        (occupant.id == id)
-            .then(|| {
-                occupant
-                    .parts
-                    .clone()
-                    .map(|parts| (parts, self.watches(id)))
-            })
-            .flatten()
+        let parts = self.occupant_of(id)?.parts.clone()?;
+        Some((parts, self.watches(id)))
     }
 
     /// Whether a watchdog watches request `id`.
@@ -275,8 +272,8 @@ impl Slot {
     /// watched, or its URI was cut.
     pub(crate) fn route_hash_of(&self, id: u64) -> Option<u64> {
         self.route_hash().or_else(|| {
-            let occupant = self.occupant();
-            (occupant.id == id && self.watches(id))
+            let occupant = self.occupant_of(id)?;
+            self.watches(id)
                 .then(|| occupant.request.route_hash())
                 .flatten()
                 .map(|hash| u64::from(stored_route_hash(hash)))
@@ -392,10 +389,9 @@ impl Slot {
         waker: &Waker,
         cell: impl FnOnce(&mut Occupant) -> &mut Option<Waker>,
     ) {
-        let mut occupant = self.occupant();
-        if occupant.id != id {
+        let Some(mut occupant) = self.occupant_of(id) else {
             return;
-        }
+        };
         let held = cell(&mut occupant);
         match held {
             Some(current) if current.will_wake(waker) => {}
@@ -720,15 +716,15 @@ impl Registry {
         let due_ns = due_at(started_ns, earliest);
         head.due_ns.store(due_ns, Ordering::Relaxed);
         let watched_flag = if watched { WATCHED } else { 0 };
-        slot.deadline_flags
-            .store(id << FLAG_BITS | watched_flag, Ordering::Release);
         slot.reports.store(0, Ordering::Relaxed);
         slot.polling_tid.store(0, Ordering::Relaxed);
         // A status left by the slot's previous request must never describe this one.
         slot.finished_status.store(0, Ordering::Relaxed);
         {
             let mut occupant = slot.occupant();
-            occupant.id = id;
+            // Under the lock: the flags word's id is whose the occupant is.
+            slot.deadline_flags
+                .store(id << FLAG_BITS | watched_flag, Ordering::Release);
             // A probe must never wake the slot's last request. Its deadline waker may stay:
             // this request's first poll replaces it before any deadline can matter, and a
             // connection's next request, polled by the same task, then clones nothing.
@@ -816,10 +812,12 @@ impl Registry {
     /// false when no task waker is known (the request was never pending) or it has ended.
     pub(crate) fn request_probe(&self, slot: &Slot, id: u64, answer: Arc<ProbeAnswer>) -> bool {
         let waker = {
-            let occupant = slot.occupant();
+            let Some(occupant) = slot.occupant_of(id) else {
+                return false;
+            };
             match &occupant.task_waker {
-                Some(waker) if occupant.id == id => waker.clone(),
-                _ => return false,
+                Some(waker) => waker.clone(),
+                None => return false,
             }
         };
         {
@@ -1230,7 +1228,7 @@ mod tests {
     fn a_slot_is_small() {
         // 100 000 requests in flight hold one slot each.
         assert!(
-            std::mem::size_of::<Slot>() <= 160,
+            std::mem::size_of::<Slot>() <= 144,
             "{}",
             std::mem::size_of::<Slot>()
         );

@@ -3,6 +3,8 @@
 //! allocates nothing and matches no secret names; rendering, for a report, redacts.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use http::header::{self, HeaderName};
 
@@ -63,6 +65,24 @@ pub(crate) const URI_LIMIT: usize = 4096;
 /// Longest parameter name compared by content; a longer one is redacted without a look.
 const NAME_LIMIT: usize = 128;
 
+/// Headers whose values repeat across requests (one host, a few clients' user agents): a
+/// watchdog keeps each value of these once, and a request's record names it in two bytes
+/// instead of holding a copy. Headers that differ per request (ids, lengths, the referer, whose
+/// query may hold a secret) are copied per request, so the table never keeps them.
+pub const SHARED_VALUE_HEADERS: [HeaderName; 7] = [
+    header::HOST,
+    header::USER_AGENT,
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::ACCEPT_ENCODING,
+    header::ACCEPT_LANGUAGE,
+    header::ORIGIN,
+];
+/// Most values kept once per header; later new values are copied per request.
+const SHARED_VALUES_PER_HEADER: usize = 16;
+/// Longest value kept once; a longer one is copied per request.
+const SHARED_VALUE_LIMIT: usize = 256;
+
 /// The route axum matched (`/users/{id}`), when the request went through an axum router.
 #[cfg(feature = "axum")]
 fn matched_path<B>(request: &http::Request<B>) -> Option<&str> {
@@ -84,12 +104,16 @@ fn matched_path<B>(_: &http::Request<B>) -> Option<&str> {
 /// `text` holds the URI, then the route when it differs from the path, then an extension
 /// method's name, then (only when the URI or the route was cut) their full lengths, then one
 /// record per copied header: its index in the configured list (1 byte), the bytes kept (2, the
-/// top bit set when the value was cut, and then its full length in 4 more), and the bytes kept.
+/// top bit set when the value was cut, and then its full length in 4 more), and the bytes kept;
+/// or, for a value the watchdog keeps once, its index and the value's number with
+/// [`SHARED_BIT`] set (2), and nothing more.
 /// One buffer sized to the request, and offsets of 16 bits, keep a registry slot small: 100 000
 /// requests in flight hold their text and little more.
 #[derive(Debug, Default)]
 pub(crate) struct RequestMeta {
-    text: Vec<u8>,
+    text_bytes: Box<[u8]>,
+    /// The bytes of `text_bytes` in use.
+    text_len: u32,
     /// `scheme://authority/path?query`, at most [`URI_LIMIT`] bytes of it.
     uri_len: u16,
     /// Where the path begins in the URI (after `scheme://authority`).
@@ -102,6 +126,58 @@ pub(crate) struct RequestMeta {
     version: http::Version,
     /// The URI or the route was cut: their full lengths follow the method in `text`.
     cut: bool,
+}
+
+/// Writes a slot's text: a buffer that grows to the size asked for and no more. Its bytes and
+/// length are two fields of [`RequestMeta`] rather than a `Vec` (24 bytes, padded to 32 beside
+/// the small fields), a slot's share of 100 000 in flight.
+struct TextWriter<'a> {
+    bytes: &'a mut Box<[u8]>,
+    len: &'a mut u32,
+}
+
+impl TextWriter<'_> {
+    fn len(&self) -> usize {
+        *self.len as usize
+    }
+
+    fn text(&self) -> &[u8] {
+        &self.bytes[..self.len()]
+    }
+
+    fn clear(&mut self) {
+        *self.len = 0;
+    }
+
+    fn capacity(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Makes room for `additional` more bytes, exactly: a slot holds the largest request it
+    /// has described and no more.
+    fn reserve_exact(&mut self, additional: usize) {
+        let needed = self.len() + additional;
+        if needed > self.bytes.len() {
+            let mut grown = vec![0; needed].into_boxed_slice();
+            grown[..self.len()].copy_from_slice(self.text());
+            *self.bytes = grown;
+        }
+    }
+
+    fn extend_from_slice(&mut self, more: &[u8]) {
+        self.reserve_exact(more.len());
+        let at = self.len();
+        self.bytes[at..at + more.len()].copy_from_slice(more);
+        *self.len = (at + more.len()) as u32;
+    }
+
+    fn truncate(&mut self, len: usize) {
+        *self.len = (*self.len).min(len as u32);
+    }
+
+    fn shrink_to_fit(&mut self) {
+        *self.bytes = Box::from(self.text());
+    }
 }
 
 /// Methods kept as a one-byte code.
@@ -127,6 +203,8 @@ const HEADER_RECORD_CUT: usize = 4;
 const CUT_TOTALS: usize = 8;
 /// The kept length's bit that says the value was cut.
 const CUT_BIT: u16 = 1 << 15;
+/// The kept length's bit that says the rest is the number of a value kept once.
+const SHARED_BIT: u16 = 1 << 14;
 /// Most headers a watchdog can be configured to copy: a record names one in a byte.
 pub(crate) const REPORT_HEADERS_LIMIT: usize = u8::MAX as usize;
 /// Most configured headers one request copies; more matches are left out.
@@ -138,7 +216,7 @@ impl RequestMeta {
             Some(method) => method.clone(),
             None => {
                 let at = self.method_at();
-                http::Method::from_bytes(&self.text[at..at + usize::from(self.method_len)])
+                http::Method::from_bytes(&self.text()[at..at + usize::from(self.method_len)])
                     .unwrap_or_default()
             }
         }
@@ -146,6 +224,10 @@ impl RequestMeta {
 
     pub(crate) fn version(&self) -> http::Version {
         self.version
+    }
+
+    fn text(&self) -> &[u8] {
+        &self.text_bytes[..self.text_len as usize]
     }
 
     fn method_at(&self) -> usize {
@@ -164,7 +246,7 @@ impl RequestMeta {
 
     /// A full length stored in `text` (4 bytes, little-endian).
     fn read_len(&self, at: usize) -> Option<usize> {
-        let bytes = self.text.get(at..at + 4)?;
+        let bytes = self.text().get(at..at + 4)?;
         Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize)
     }
 
@@ -194,7 +276,7 @@ impl RequestMeta {
     }
 
     fn uri(&self) -> &str {
-        std::str::from_utf8(&self.text[..usize::from(self.uri_len)]).unwrap_or_default()
+        std::str::from_utf8(&self.text()[..usize::from(self.uri_len)]).unwrap_or_default()
     }
 
     /// The route as a report's route key shows it: axum's matched route, or else the path.
@@ -208,7 +290,7 @@ impl RequestMeta {
             return route;
         }
         let at = usize::from(self.uri_len);
-        let mut route = std::str::from_utf8(&self.text[at..at + usize::from(self.route_len)])
+        let mut route = std::str::from_utf8(&self.text()[at..at + usize::from(self.route_len)])
             .unwrap_or_default()
             .to_owned();
         if route_total > usize::from(self.route_len) {
@@ -217,15 +299,18 @@ impl RequestMeta {
         route
     }
 
-    /// Each copied header: its index in the configured list, the bytes kept, its full length.
-    fn headers(&self) -> impl Iterator<Item = (usize, &[u8], usize)> + '_ {
+    /// Each copied header: its index in the configured list and what was kept of its value.
+    fn headers(&self) -> impl Iterator<Item = (usize, KeptValue<'_>)> + '_ {
         let lengths = if self.cut { CUT_TOTALS } else { 0 };
         let mut at = self.method_at() + usize::from(self.method_len) + lengths;
         std::iter::from_fn(move || {
-            let record = self.text.get(at..at + HEADER_RECORD)?;
-            let index = record[0];
+            let record = self.text().get(at..at + HEADER_RECORD)?;
+            let index = usize::from(record[0]);
             let kept = u16::from_le_bytes([record[1], record[2]]);
             at += HEADER_RECORD;
+            if kept & SHARED_BIT != 0 {
+                return Some((index, KeptValue::Shared(usize::from(kept & !SHARED_BIT))));
+            }
             let len = if kept & CUT_BIT != 0 {
                 let full = self.read_len(at)?;
                 at += HEADER_RECORD_CUT;
@@ -234,11 +319,19 @@ impl RequestMeta {
                 usize::from(kept)
             };
             let kept = usize::from(kept & !CUT_BIT);
-            let value = self.text.get(at..at + kept)?;
+            let shown = self.text().get(at..at + kept)?;
             at += kept;
-            Some((usize::from(index), value, len))
+            Some((index, KeptValue::Copied { shown, len }))
         })
     }
+}
+
+/// What a request's record kept of one header's value.
+enum KeptValue<'a> {
+    /// The bytes kept and the value's full length.
+    Copied { shown: &'a [u8], len: usize },
+    /// The number of a value the watchdog keeps once for the header.
+    Shared(usize),
 }
 
 /// `text` cut at `limit` bytes, on a character boundary.
@@ -260,12 +353,69 @@ pub(crate) struct RenderedRequest {
     pub(crate) headers: Vec<(String, String)>,
 }
 
+/// One header a report copies.
+#[derive(Debug)]
+struct ReportHeader {
+    name: HeaderName,
+    /// Decided once here, so the request path does not match header names.
+    redacted: bool,
+    /// For a header of [`SHARED_VALUE_HEADERS`], the values kept once.
+    shared: Option<SharedValues>,
+}
+
+/// The values of one header that a watchdog keeps once for all its requests. Append-only and
+/// bounded, so a value's number never changes and the request path reads it without a lock.
+#[derive(Debug, Default)]
+struct SharedValues {
+    values: [OnceLock<Box<[u8]>>; SHARED_VALUES_PER_HEADER],
+    len: AtomicUsize,
+    adding: Mutex<()>,
+}
+
+impl SharedValues {
+    fn get(&self, number: usize) -> Option<&[u8]> {
+        self.values.get(number)?.get().map(|value| &**value)
+    }
+
+    /// The number of `value`, kept now if it is new and there is room.
+    fn number_of(&self, value: &[u8]) -> Option<u16> {
+        let len = self.len.load(Ordering::Acquire);
+        match self.find(len, value) {
+            Some(number) => Some(number),
+            None if len < SHARED_VALUES_PER_HEADER && value.len() <= SHARED_VALUE_LIMIT => {
+                self.add(value)
+            }
+            None => None,
+        }
+    }
+
+    fn find(&self, len: usize, value: &[u8]) -> Option<u16> {
+        self.values[..len]
+            .iter()
+            .position(|kept| kept.get().is_some_and(|kept| **kept == *value))
+            .map(|number| number as u16)
+    }
+
+    /// Keeps a value first seen: once per value for the watchdog's life, not per request.
+    #[cold]
+    fn add(&self, value: &[u8]) -> Option<u16> {
+        let _adding = crate::registry::lock(&self.adding);
+        let len = self.len.load(Ordering::Acquire);
+        // Another request may have kept it meanwhile.
+        if let Some(number) = self.find(len, value) {
+            return Some(number);
+        }
+        let slot = self.values.get(len)?;
+        slot.set(value.into()).ok()?;
+        self.len.store(len + 1, Ordering::Release);
+        Some(len as u16)
+    }
+}
+
 /// Which request parts a report carries and which secrets it hides.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct RequestCapture {
-    /// The configured headers, each with whether its value is redacted: decided once here, so
-    /// the request path does not match header names.
-    headers: Vec<(HeaderName, bool)>,
+    headers: Vec<ReportHeader>,
     /// Extra sensitive names, normalized; matched like [`SENSITIVE_NAME_FRAGMENTS`].
     redacted_params: Vec<Vec<u8>>,
     /// Parameter names let through despite the built-in list, normalized; matched whole.
@@ -300,7 +450,13 @@ impl RequestCapture {
                 let redacted = ALWAYS_REDACTED_HEADERS.contains(&name)
                     || redacted_headers.contains(&name)
                     || name_is_sensitive(name.as_str(), &redacted_params);
-                (name, redacted)
+                let shared =
+                    (!redacted && SHARED_VALUE_HEADERS.contains(&name)).then(SharedValues::default);
+                ReportHeader {
+                    name,
+                    redacted,
+                    shared,
+                }
             })
             .collect();
         Self {
@@ -326,7 +482,10 @@ impl RequestCapture {
             None => (EXTENSION_METHOD, cut_at(method.as_str(), METHOD_LIMIT)),
         };
 
-        let text = &mut meta.text;
+        let mut text = TextWriter {
+            bytes: &mut meta.text_bytes,
+            len: &mut meta.text_len,
+        };
         text.clear();
         // Capacity grows exactly (`reserve_exact`), so a slot holds the largest request it has
         // described and no more; once warm, a request of that size or less allocates nothing.
@@ -351,7 +510,7 @@ impl RequestCapture {
                 text.extend_from_slice(&part.as_bytes()[..part.len().min(room)]);
             }
             // Cut on a character boundary.
-            if let Err(error) = std::str::from_utf8(text) {
+            if let Err(error) = std::str::from_utf8(text.text()) {
                 text.truncate(error.valid_up_to());
             }
         }
@@ -382,11 +541,20 @@ impl RequestCapture {
             if copied == HEADER_COPY_LIMIT {
                 break;
             }
-            let Some(index) = self.headers.iter().position(|(wanted, _)| wanted == name) else {
+            let Some(index) = self.headers.iter().position(|wanted| wanted.name == name) else {
                 continue;
             };
             let bytes = value.as_bytes();
-            let redacted = self.headers[index].1;
+            let header = &self.headers[index];
+            if let Some(number) = header.shared.as_ref().and_then(|s| s.number_of(bytes)) {
+                let mut record = [index as u8, 0, 0];
+                record[1..].copy_from_slice(&(number | SHARED_BIT).to_le_bytes());
+                text.reserve_exact(record.len());
+                text.extend_from_slice(&record);
+                copied += 1;
+                continue;
+            }
+            let redacted = header.redacted;
             let kept = if redacted {
                 &[][..]
             } else {
@@ -437,8 +605,20 @@ impl RequestCapture {
         }
         let headers = meta
             .headers()
-            .map(|(index, shown, len)| {
-                let (name, redacted) = &self.headers[index];
+            .map(|(index, kept)| {
+                let ReportHeader {
+                    name,
+                    redacted,
+                    shared,
+                } = &self.headers[index];
+                let (shown, len) = match kept {
+                    KeptValue::Copied { shown, len } => (shown, len),
+                    KeptValue::Shared(number) => {
+                        let value = shared.as_ref().and_then(|s| s.get(number));
+                        let value = value.unwrap_or_default();
+                        (value, value.len())
+                    }
+                };
                 let mut value = String::new();
                 if *redacted {
                     value.push_str(REDACTED);
@@ -640,8 +820,7 @@ mod tests {
         let capture = capture(&["ticket"]);
         capture.fill(&request, &mut meta);
         // The secret header's value is never copied; the query is redacted when rendered.
-        assert!(!meta.text.windows(6).any(|w| w == b"Bearer"));
-        assert!(meta.text.windows(11).any(|w| w == b"example.com"));
+        assert!(!meta.text().windows(6).any(|w| w == b"Bearer"));
         let rendered = capture.render(&meta);
         assert_eq!(
             rendered.uri,
@@ -653,6 +832,151 @@ mod tests {
         assert!(!format!("{headers:?}").contains("abc"));
     }
 
+    fn with_headers(headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut request = http::Request::get("/p");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap()
+    }
+
+    fn rendered_headers(
+        capture: &RequestCapture,
+        request: &http::Request<()>,
+    ) -> Vec<(String, String)> {
+        let mut meta = RequestMeta::default();
+        capture.fill(request, &mut meta);
+        capture.render(&meta).headers
+    }
+
+    #[test]
+    fn repeated_values_are_kept_once_and_shown_as_received() {
+        let capture = capture(&[]);
+        let agent = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+        let request = with_headers(&[("host", "api.example.com"), ("user-agent", agent)]);
+        let mut first = RequestMeta::default();
+        capture.fill(&request, &mut first);
+        let mut second = RequestMeta::default();
+        capture.fill(&request, &mut second);
+        // Both records name the values kept once: neither holds a copy.
+        for meta in [&first, &second] {
+            assert!(!meta.text().windows(7).any(|w| w == b"Mozilla"));
+            assert_eq!(meta.text().len(), "/p".len() + 2 * HEADER_RECORD);
+            let headers = capture.render(meta).headers;
+            assert_eq!(
+                headers,
+                [
+                    ("host".to_owned(), "api.example.com".to_owned()),
+                    ("user-agent".to_owned(), agent.to_owned()),
+                ]
+            );
+        }
+        let other = with_headers(&[("host", "www.example.com")]);
+        assert_eq!(
+            rendered_headers(&capture, &other),
+            [("host".to_owned(), "www.example.com".to_owned())]
+        );
+        // The first request's record still names its own value.
+        assert_eq!(capture.render(&first).headers[0].1, "api.example.com");
+    }
+
+    #[test]
+    fn values_past_the_shared_table_are_copied() {
+        let capture = capture(&[]);
+        let hosts: Vec<String> = (0..SHARED_VALUES_PER_HEADER + 4)
+            .map(|n| format!("host-{n}.example.com"))
+            .collect();
+        let metas: Vec<RequestMeta> = hosts
+            .iter()
+            .map(|host| {
+                let mut meta = RequestMeta::default();
+                capture.fill(&with_headers(&[("host", host)]), &mut meta);
+                meta
+            })
+            .collect();
+        for (n, (host, meta)) in hosts.iter().zip(&metas).enumerate() {
+            let copied = meta
+                .text()
+                .windows(host.len())
+                .any(|w| w == host.as_bytes());
+            assert_eq!(copied, n >= SHARED_VALUES_PER_HEADER, "{host}");
+            assert_eq!(
+                capture.render(meta).headers,
+                [("host".to_owned(), host.clone())]
+            );
+        }
+        // A value too long to keep once is copied, and one seen before is still found.
+        let long = "a".repeat(SHARED_VALUE_LIMIT + 1);
+        let capture = RequestCapture::new(vec![header::USER_AGENT], &[], &[], &[]);
+        let mut meta = RequestMeta::default();
+        capture.fill(&with_headers(&[("user-agent", &long)]), &mut meta);
+        assert!(meta.text().len() > SHARED_VALUE_LIMIT);
+        assert_eq!(capture.render(&meta).headers[0].1, long);
+        capture.fill(
+            &with_headers(&[("host", &hosts[0]), ("user-agent", "curl/8")]),
+            &mut meta,
+        );
+        capture.fill(&with_headers(&[("user-agent", "curl/8")]), &mut meta);
+        assert_eq!(meta.text().len(), "/p".len() + HEADER_RECORD);
+    }
+
+    #[test]
+    fn redacted_and_unlisted_headers_are_never_kept_once() {
+        let capture = RequestCapture::new(
+            vec![
+                header::USER_AGENT,
+                header::REFERER,
+                "x-request-id".parse().unwrap(),
+            ],
+            &[header::USER_AGENT],
+            &[],
+            &[],
+        );
+        assert!(capture.headers.iter().all(|header| header.shared.is_none()));
+        let request = with_headers(&[
+            ("user-agent", "agent/1"),
+            ("referer", "https://example.com/?token=t0ps3cret"),
+            ("x-request-id", "r-1"),
+        ]);
+        let mut meta = RequestMeta::default();
+        capture.fill(&request, &mut meta);
+        assert!(!meta.text().windows(7).any(|w| w == b"agent/1"));
+        let headers = capture.render(&meta).headers;
+        assert_eq!(headers[0], ("user-agent".to_owned(), REDACTED.to_owned()));
+        assert_eq!(headers[1].1, "https://example.com/?token=[redacted]");
+        assert_eq!(headers[2].1, "r-1");
+    }
+
+    #[test]
+    fn threads_that_meet_a_new_value_at_once_agree_on_its_number() {
+        let capture = RequestCapture::new(vec![header::USER_AGENT], &[], &[], &[]);
+        let agents: Vec<String> = (0..SHARED_VALUES_PER_HEADER)
+            .map(|n| format!("agent/{n}"))
+            .collect();
+        let seen: Vec<Vec<Option<u16>>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let shared = capture.headers[0].shared.as_ref().unwrap();
+                        agents
+                            .iter()
+                            .map(|a| shared.number_of(a.as_bytes()))
+                            .collect()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let shared = capture.headers[0].shared.as_ref().unwrap();
+        for numbers in &seen {
+            for (agent, number) in agents.iter().zip(numbers) {
+                let number = number.expect("room for every agent");
+                assert_eq!(shared.get(usize::from(number)), Some(agent.as_bytes()));
+            }
+        }
+        assert_eq!(shared.len.load(Ordering::Relaxed), SHARED_VALUES_PER_HEADER);
+    }
+
     #[test]
     fn buffers_are_reused_between_requests() {
         let capture = capture(&[]);
@@ -662,12 +986,12 @@ mod tests {
             .body(())
             .unwrap();
         capture.fill(&long, &mut meta);
-        let capacity = meta.text.capacity();
+        let capacity = meta.text_bytes.len();
         let short = http::Request::get("/b").body(()).unwrap();
         capture.fill(&short, &mut meta);
         assert_eq!(capture.render(&meta).uri, "/b");
         assert!(capture.render(&meta).headers.is_empty());
-        assert_eq!(meta.text.capacity(), capacity);
+        assert_eq!(meta.text_bytes.len(), capacity);
     }
 
     #[test]
@@ -747,9 +1071,9 @@ mod tests {
         assert_eq!(uri.len(), URI_LIMIT - 1 + mark.len());
         // The kept part, plus the two full lengths a cut request line records.
         assert!(
-            meta.text.capacity() <= URI_LIMIT + CUT_TOTALS,
+            meta.text_bytes.len() <= URI_LIMIT + CUT_TOTALS,
             "only the kept part is copied: {}",
-            meta.text.capacity()
+            meta.text_bytes.len()
         );
     }
 

@@ -57,6 +57,7 @@ pub(crate) use self::capture::{
 };
 pub use self::capture::{
     ALWAYS_REDACTED_HEADERS, REDACTED, SENSITIVE_NAMES, SENSITIVE_NAME_FRAGMENTS,
+    SHARED_VALUE_HEADERS,
 };
 pub use self::data::{
     AwaitStatus, AwaitedLeaf, Awaiting, BusyThread, Completion, HelperThread, LeafSignal, OpenSpan,
