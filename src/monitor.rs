@@ -172,7 +172,7 @@ fn fire(registry: &Arc<Registry>, slot: &SlotRef, seen: Seen, now: u64) {
                     report(registry, watch, slot, id, Trigger::Threshold);
                 }
             }
-            slot.reschedule();
+            registry.reschedule(slot, id);
         }
     }
 }
@@ -397,15 +397,7 @@ fn run(registry: Arc<Registry>) {
         registry.wake.woke_up();
         let now = registry.clock.now_ns();
         let woke_at = now;
-        let mut next = NEVER;
-        registry.scan(|slot, seen| {
-            let slot_due = slot.due_ns();
-            if matches!(seen, Seen::FinishedAfterStuck { .. }) || slot_due <= now {
-                due.push((slot.to_ref(), seen));
-            } else {
-                next = next.min(slot_due);
-            }
-        });
+        let mut next = registry.scan_due(now, |slot, seen| due.push((slot.to_ref(), seen)));
         for (slot, seen) in due.drain(..) {
             fire(&registry, &slot, seen, now);
             next = next.min(slot.due_ns());

@@ -453,13 +453,49 @@ pub(crate) enum Seen {
     },
 }
 
-/// Slots are made this many at a time, in one allocation: no per-slot allocation header, and
-/// a scan walks memory in order.
-const CHUNK_SLOTS: usize = 64;
+/// Slots are made this many at a time: no per-slot allocation header, and a scan walks
+/// memory in order. The heads of a chunk are one allocation of their own (4 KB), so a scan
+/// touches a page per 256 requests: on a virtual machine a page untouched for a second can
+/// cost microseconds to touch again, and the scan comes once a second.
+const CHUNK_SLOTS: usize = 256;
 
 struct Chunk {
-    heads: [Head; CHUNK_SLOTS],
-    slots: [Slot; CHUNK_SLOTS],
+    heads: Box<[Head; CHUNK_SLOTS]>,
+    slots: Box<[Slot; CHUNK_SLOTS]>,
+    /// No head of the chunk is due before this, nor holds a finished stuck request: the
+    /// monitor's scan skips the chunk until then. Lowered only under the shard's lock (a
+    /// registration, a stuck request's end) and set by the scan under it, so it is never later
+    /// than a due; a due that moves later (a deadline taken, a report made) leaves it early,
+    /// and the next scan of the chunk sets it again.
+    earliest_due: AtomicU64,
+}
+
+impl Chunk {
+    /// Built on the heap: a chunk is too big for a small thread's stack.
+    fn new() -> Self {
+        fn boxed<T>(make: impl FnMut() -> T) -> Box<[T; CHUNK_SLOTS]> {
+            let items: Box<[T]> = std::iter::repeat_with(make).take(CHUNK_SLOTS).collect();
+            match items.try_into() {
+                Ok(array) => array,
+                Err(_) => unreachable!("exactly CHUNK_SLOTS items were made"),
+            }
+        }
+        Self {
+            heads: boxed(|| Head {
+                word: AtomicU64::new(0),
+                due_ns: AtomicU64::new(NEVER),
+            }),
+            slots: boxed(Slot::new),
+            earliest_due: AtomicU64::new(NEVER),
+        }
+    }
+
+    /// Lowers the chunk's earliest due to `due_ns`. Only under the shard's lock.
+    fn lower_earliest_due(&self, due_ns: u64) {
+        if self.earliest_due.load(Ordering::Relaxed) > due_ns {
+            self.earliest_due.store(due_ns, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A slot, kept alive by its chunk: what requests and the monitor hold on to.
@@ -663,6 +699,9 @@ impl Registry {
         fill: impl FnOnce(&mut RequestMeta),
     ) -> Registration {
         let shard = self.home_shard();
+        let offsets = [dues.watch, dues.soft, dues.hard].map(|due| due_offset(started_ns, due));
+        // The rounded due, as `reschedule` gives it: the monitor wakes when the event can fire.
+        let due_ns = due_at(started_ns, offsets.into_iter().min().unwrap_or(NO_DUE));
         let (slot, index) = {
             let mut guard = self.lock(shard);
             let index = match guard.free.pop() {
@@ -670,13 +709,7 @@ impl Registry {
                 None => {
                     let index = guard.made;
                     if index % CHUNK_SLOTS == 0 {
-                        guard.chunks.push(Arc::new(Chunk {
-                            heads: std::array::from_fn(|_| Head {
-                                word: AtomicU64::new(0),
-                                due_ns: AtomicU64::new(NEVER),
-                            }),
-                            slots: std::array::from_fn(|_| Slot::new()),
-                        }));
+                        guard.chunks.push(Arc::new(Chunk::new()));
                     }
                     guard.made += 1;
                     index
@@ -686,6 +719,9 @@ impl Registry {
                 chunk: guard.chunks[index / CHUNK_SLOTS].clone(),
                 index: index % CHUNK_SLOTS,
             };
+            // Under the shard's lock, so a scan sees the due or sets the chunk's earliest after.
+            slot.at().head().due_ns.store(due_ns, Ordering::Relaxed);
+            slot.chunk.lower_earliest_due(due_ns);
             (slot, index)
         };
         let number = ((index as u32) << SHARD_BITS) | shard as u32;
@@ -700,21 +736,14 @@ impl Registry {
         slot.route_hash
             .store(route_hash.map_or(0, stored_route_hash), Ordering::Relaxed);
         slot.body_started_ms.store(0, Ordering::Relaxed);
-        let mut earliest = NO_DUE;
-        for (offset, due) in [
-            (&slot.watch_due, dues.watch),
-            (&slot.soft_due, dues.soft),
-            (&slot.hard_due, dues.hard),
-        ] {
-            let due = due_offset(started_ns, due);
+        for (offset, due) in [&slot.watch_due, &slot.soft_due, &slot.hard_due]
+            .into_iter()
+            .zip(offsets)
+        {
             offset.store(due, Ordering::Relaxed);
-            earliest = earliest.min(due);
         }
         slot.finished_at.store(0, Ordering::Relaxed);
         let head = slot.at().head();
-        // The rounded due, as `reschedule` gives it: the monitor wakes when the event can fire.
-        let due_ns = due_at(started_ns, earliest);
-        head.due_ns.store(due_ns, Ordering::Relaxed);
         let watched_flag = if watched { WATCHED } else { 0 };
         slot.reports.store(0, Ordering::Relaxed);
         slot.polling_tid.store(0, Ordering::Relaxed);
@@ -753,9 +782,28 @@ impl Registry {
     }
 
     /// Puts the slot of request `id` back on its shard's free list.
-    fn release(&self, id: u64) {
+    fn release(&self, slot: &SlotRef, id: u64) {
         let number = number_of(id);
-        self.lock(shard_of(number)).free.push(number >> SHARD_BITS);
+        let mut shard = self.lock(shard_of(number));
+        // A free slot is never due: the chunk's next scan can leave it out of its earliest.
+        slot.at().head().due_ns.store(NEVER, Ordering::Relaxed);
+        shard.free.push(number >> SHARD_BITS);
+    }
+
+    /// Recomputes the due of request `id` after the monitor fired one of its events. Under
+    /// the shard's lock, where a registration sets a slot's first due: a slot that passed to
+    /// another request meanwhile keeps that request's due.
+    pub(crate) fn reschedule(&self, slot: &SlotRef, id: u64) {
+        let _shard = self.lock(shard_of(number_of(id)));
+        if slot.current_id() == id {
+            slot.reschedule();
+        }
+    }
+
+    /// Makes the next scan visit the slot of request `id`, a stuck request that finished.
+    fn note_finished(&self, slot: &SlotRef, id: u64) {
+        let _shard = self.lock(shard_of(number_of(id)));
+        slot.chunk.lower_earliest_due(0);
     }
 
     /// Frees a slot whose completion record the monitor has emitted.
@@ -772,7 +820,7 @@ impl Registry {
             )
             .is_ok()
         {
-            self.release(id);
+            self.release(slot, id);
         }
     }
 
@@ -801,6 +849,50 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// Calls `visit` for every occupied slot due at `now` and every finished stuck one, and
+    /// returns the earliest due of the others. Chunks with nothing due are skipped: with
+    /// 100 000 requests waiting for a far threshold, a scan reads a word per chunk of
+    /// [`CHUNK_SLOTS`], not a head per request.
+    pub(crate) fn scan_due(&self, now: u64, mut visit: impl FnMut(SlotAt<'_>, Seen)) -> u64 {
+        let mut next = NEVER;
+        for shard in 0..self.shards.len() {
+            let guard = self.lock(shard);
+            let mut left = guard.made;
+            for chunk in &guard.chunks {
+                let in_chunk = left.min(CHUNK_SLOTS);
+                left -= in_chunk;
+                let earliest = chunk.earliest_due.load(Ordering::Relaxed);
+                if earliest > now {
+                    next = next.min(earliest);
+                    continue;
+                }
+                let mut chunk_earliest = NEVER;
+                for (index, head) in chunk.heads[..in_chunk].iter().enumerate() {
+                    let word = head.word.load(Ordering::Acquire);
+                    let due = head.due_ns.load(Ordering::Relaxed);
+                    chunk_earliest = chunk_earliest.min(due);
+                    let id = word >> PHASE_BITS;
+                    let seen = match word & PHASE_MASK {
+                        _ if word == 0 => continue,
+                        RUNNING => Seen::Running { id },
+                        STUCK => Seen::Stuck { id },
+                        FINISHED => Seen::FinishedAfterStuck { id },
+                        _ => continue,
+                    };
+                    if matches!(seen, Seen::FinishedAfterStuck { .. }) || due <= now {
+                        // Visited now; the chunk is looked at again once the visit moved it on.
+                        chunk_earliest = 0;
+                        visit(SlotAt { chunk, index }, seen);
+                    } else {
+                        next = next.min(due);
+                    }
+                }
+                chunk.earliest_due.store(chunk_earliest, Ordering::Relaxed);
+            }
+        }
+        next
     }
 
     /// Slots ever created: the registry's high-water mark of concurrent requests.
@@ -969,20 +1061,25 @@ impl Registration {
             .compare_exchange(running, 0, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.registry.release(self.id);
+            self.registry.release(&self.slot, self.id);
             return false;
         }
         let started = self.slot.started_ns();
         let ended = due_offset(started, self.registry.clock.now_ns()).clamp(1, NO_DUE - 1);
         self.slot.finished_at.store(ended, Ordering::Relaxed);
-        head.word
+        let finished = head
+            .word
             .compare_exchange(
                 stuck,
                 self.id << PHASE_BITS | FINISHED,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
-            .is_ok()
+            .is_ok();
+        if finished {
+            self.registry.note_finished(&self.slot, self.id);
+        }
+        finished
     }
 }
 

@@ -74,9 +74,13 @@ impl Service<Request<()>> for Bare {
 }
 
 fn request() -> Request<()> {
+    request_from("counting-test")
+}
+
+fn request_from(user_agent: &str) -> Request<()> {
     Request::get("/api/jobs?token=secret&page=2")
         .header("host", "example.com")
-        .header("user-agent", "counting-test")
+        .header("user-agent", user_agent)
         .header("x-request-id", "abc-123")
         .header("authorization", "Bearer x")
         .body(())
@@ -87,7 +91,13 @@ fn request() -> Request<()> {
 fn allocations_of_one_request<B>(
     service: &mut impl Service<Request<()>, Response = Response<B>>,
 ) -> usize {
-    let request = request();
+    allocations_of(service, request())
+}
+
+fn allocations_of<B>(
+    service: &mut impl Service<Request<()>, Response = Response<B>>,
+    request: Request<()>,
+) -> usize {
     let mut cx = Context::from_waker(Waker::noop());
     let before = allocations_so_far();
     COUNTING.with(|c| c.set(true));
@@ -124,6 +134,34 @@ fn requests_that_are_not_slow_do_not_allocate() {
     // No allocation at all also means the thread's registry slot was reused: a new slot
     // allocates. (The registry is the process's, shared with this binary's other tests, so
     // its slot count is not this test's to check.)
+}
+
+#[test]
+fn a_new_header_value_allocates_once_and_only_while_the_shared_table_has_room() {
+    let mut service = WatchdogLayer::new(Duration::from_secs(25)).layer(Bare);
+    for _ in 0..3 {
+        allocations_of(&mut service, request_from("agent/0000"));
+    }
+    // Every request brings a user agent never seen (all the same length, so the warm slot's
+    // buffer fits each): the watchdog keeps the first few once, then copies them per request.
+    let while_room: usize = (1..100)
+        .map(|n| allocations_of(&mut service, request_from(&format!("agent/{n:04}"))))
+        .sum();
+    // One allocation per value kept (15 more fit beside the first), and one when the slot's
+    // buffer, sized for a reference, first grows to hold a copy.
+    assert!(
+        (1..=16).contains(&while_room),
+        "allocations while the table had room: {while_room}"
+    );
+    let after: usize = (100..1100)
+        .map(|n| allocations_of(&mut service, request_from(&format!("agent/{n:04}"))))
+        .sum();
+    assert_eq!(
+        after, 0,
+        "the table is full: copies only, into the reused slot"
+    );
+    // A value kept once is found again without allocating.
+    assert_eq!(allocations_of(&mut service, request_from("agent/0001")), 0);
 }
 
 #[test]
