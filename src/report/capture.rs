@@ -155,15 +155,23 @@ impl TextWriter<'_> {
 
     /// Makes room for `additional` more bytes, exactly: a slot holds the largest request it
     /// has described and no more.
+    #[inline]
     fn reserve_exact(&mut self, additional: usize) {
-        let needed = self.len() + additional;
-        if needed > self.bytes.len() {
-            let mut grown = vec![0; needed].into_boxed_slice();
-            grown[..self.len()].copy_from_slice(self.text());
-            *self.bytes = grown;
+        if self.len() + additional > self.bytes.len() {
+            self.grow(self.len() + additional);
         }
     }
 
+    /// Once a slot is warm, requests of its size never come here.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, needed: usize) {
+        let mut grown = vec![0; needed].into_boxed_slice();
+        grown[..self.len()].copy_from_slice(self.text());
+        *self.bytes = grown;
+    }
+
+    #[inline]
     fn extend_from_slice(&mut self, more: &[u8]) {
         self.reserve_exact(more.len());
         let at = self.len();
@@ -378,6 +386,7 @@ impl SharedValues {
     }
 
     /// The number of `value`, kept now if it is new and there is room.
+    #[inline]
     fn number_of(&self, value: &[u8]) -> Option<u16> {
         let len = self.len.load(Ordering::Acquire);
         match self.find(len, value) {
@@ -389,6 +398,7 @@ impl SharedValues {
         }
     }
 
+    #[inline]
     fn find(&self, len: usize, value: &[u8]) -> Option<u16> {
         self.values[..len]
             .iter()

@@ -362,6 +362,10 @@ impl WatchdogBuilder {
     /// Headers copied into reports, replacing the default list (Host, User-Agent, Referer,
     /// Content-Type, Content-Length, X-Request-Id). Authorization, Cookie, Set-Cookie and
     /// Proxy-Authorization are always redacted if listed.
+    ///
+    /// Each request in flight holds its own copy of these values, except for headers of
+    /// [`SHARED_VALUE_HEADERS`](crate::report::SHARED_VALUE_HEADERS), whose repeated values
+    /// the watchdog keeps once (16 per header, each up to 256 bytes; other values are copied).
     pub fn report_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
         self.config.report_headers = headers.into_iter().map(|h| h.as_str().to_owned()).collect();
         self
