@@ -453,6 +453,20 @@ pub(crate) enum Seen {
     },
 }
 
+impl Seen {
+    /// What a head's word says of its slot; `None` when the slot is free.
+    fn of(word: u64) -> Option<Self> {
+        let id = word >> PHASE_BITS;
+        match word & PHASE_MASK {
+            _ if word == 0 => None,
+            RUNNING => Some(Seen::Running { id }),
+            STUCK => Some(Seen::Stuck { id }),
+            FINISHED => Some(Seen::FinishedAfterStuck { id }),
+            _ => None,
+        }
+    }
+}
+
 /// Slots are made this many at a time: no per-slot allocation header, and a scan walks
 /// memory in order. The heads of a chunk are one allocation of their own (4 KB), so a scan
 /// touches a page per 256 requests: on a virtual machine a page untouched for a second can
@@ -824,31 +838,30 @@ impl Registry {
         }
     }
 
-    /// Calls `visit` for every occupied slot. Holds one shard lock at a time, briefly: the
-    /// visitor must only read atomics and copy.
-    pub(crate) fn scan(&self, mut visit: impl FnMut(SlotAt<'_>, Seen)) {
+    /// Calls `visit` with each chunk and its count of slots made, one shard at a time, under
+    /// the shard's lock.
+    fn for_each_chunk(&self, mut visit: impl FnMut(&Arc<Chunk>, usize)) {
         for shard in 0..self.shards.len() {
             let guard = self.lock(shard);
             let mut left = guard.made;
             for chunk in &guard.chunks {
                 let in_chunk = left.min(CHUNK_SLOTS);
                 left -= in_chunk;
-                for (index, head) in chunk.heads[..in_chunk].iter().enumerate() {
-                    let word = head.word.load(Ordering::Acquire);
-                    if word == 0 {
-                        continue;
-                    }
-                    let id = word >> PHASE_BITS;
-                    let seen = match word & PHASE_MASK {
-                        RUNNING => Seen::Running { id },
-                        STUCK => Seen::Stuck { id },
-                        FINISHED => Seen::FinishedAfterStuck { id },
-                        _ => continue,
-                    };
+                visit(chunk, in_chunk);
+            }
+        }
+    }
+
+    /// Calls `visit` for every occupied slot. Holds one shard lock at a time, briefly: the
+    /// visitor must only read atomics and copy.
+    pub(crate) fn scan(&self, mut visit: impl FnMut(SlotAt<'_>, Seen)) {
+        self.for_each_chunk(|chunk, in_chunk| {
+            for (index, head) in chunk.heads[..in_chunk].iter().enumerate() {
+                if let Some(seen) = Seen::of(head.word.load(Ordering::Acquire)) {
                     visit(SlotAt { chunk, index }, seen);
                 }
             }
-        }
+        });
     }
 
     /// Calls `visit` for every occupied slot due at `now` and every finished stuck one, and
@@ -857,41 +870,30 @@ impl Registry {
     /// [`CHUNK_SLOTS`], not a head per request.
     pub(crate) fn scan_due(&self, now: u64, mut visit: impl FnMut(SlotAt<'_>, Seen)) -> u64 {
         let mut next = NEVER;
-        for shard in 0..self.shards.len() {
-            let guard = self.lock(shard);
-            let mut left = guard.made;
-            for chunk in &guard.chunks {
-                let in_chunk = left.min(CHUNK_SLOTS);
-                left -= in_chunk;
-                let earliest = chunk.earliest_due.load(Ordering::Relaxed);
-                if earliest > now {
-                    next = next.min(earliest);
-                    continue;
-                }
-                let mut chunk_earliest = NEVER;
-                for (index, head) in chunk.heads[..in_chunk].iter().enumerate() {
-                    let word = head.word.load(Ordering::Acquire);
-                    let due = head.due_ns.load(Ordering::Relaxed);
-                    chunk_earliest = chunk_earliest.min(due);
-                    let id = word >> PHASE_BITS;
-                    let seen = match word & PHASE_MASK {
-                        _ if word == 0 => continue,
-                        RUNNING => Seen::Running { id },
-                        STUCK => Seen::Stuck { id },
-                        FINISHED => Seen::FinishedAfterStuck { id },
-                        _ => continue,
-                    };
-                    if matches!(seen, Seen::FinishedAfterStuck { .. }) || due <= now {
-                        // Visited now; the chunk is looked at again once the visit moved it on.
-                        chunk_earliest = 0;
-                        visit(SlotAt { chunk, index }, seen);
-                    } else {
-                        next = next.min(due);
-                    }
-                }
-                chunk.earliest_due.store(chunk_earliest, Ordering::Relaxed);
+        self.for_each_chunk(|chunk, in_chunk| {
+            let earliest = chunk.earliest_due.load(Ordering::Relaxed);
+            if earliest > now {
+                next = next.min(earliest);
+                return;
             }
-        }
+            let mut chunk_earliest = NEVER;
+            for (index, head) in chunk.heads[..in_chunk].iter().enumerate() {
+                let word = head.word.load(Ordering::Acquire);
+                let due = head.due_ns.load(Ordering::Relaxed);
+                chunk_earliest = chunk_earliest.min(due);
+                let Some(seen) = Seen::of(word) else {
+                    continue;
+                };
+                if matches!(seen, Seen::FinishedAfterStuck { .. }) || due <= now {
+                    // Visited now; the chunk is looked at again once the visit moved it on.
+                    chunk_earliest = 0;
+                    visit(SlotAt { chunk, index }, seen);
+                } else {
+                    next = next.min(due);
+                }
+            }
+            chunk.earliest_due.store(chunk_earliest, Ordering::Relaxed);
+        });
         next
     }
 
@@ -1266,6 +1268,82 @@ mod tests {
             deadlines: None,
         });
         (registry, parts)
+    }
+
+    fn due_at_ms(ms: u64) -> Dues {
+        Dues {
+            watch: ms * 1_000_000,
+            soft: NEVER,
+            hard: NEVER,
+        }
+    }
+
+    /// A due at `ms` as a slot keeps it (rounded up to its unit).
+    fn rounded(ms: u64) -> u64 {
+        due_at(0, due_offset(0, ms * 1_000_000))
+    }
+
+    /// What `scan_due` at `now_ms` visits (ids) and gives as the next due.
+    fn due_scan(registry: &Registry, now_ms: u64) -> (Vec<u64>, u64) {
+        let mut visited = Vec::new();
+        let next = registry.scan_due(now_ms * 1_000_000, |slot, _| {
+            visited.push(slot.current_id());
+        });
+        (visited, next)
+    }
+
+    #[test]
+    fn a_due_scan_visits_what_is_due_and_skips_chunks_with_nothing_due() {
+        let (registry, parts) = registry_and_parts();
+        // Three chunks' worth on this thread's shard, due from 10 s on.
+        let held: Vec<Registration> = (0..3 * CHUNK_SLOTS as u64)
+            .map(|n| registry.register(0, due_at_ms(10_000 + n), None, &parts, |_| {}))
+            .collect();
+        // The first scan learns each chunk's earliest due; the next ones skip the chunks.
+        assert_eq!(due_scan(&registry, 0), (vec![], rounded(10_000)));
+        assert_eq!(due_scan(&registry, 5_000), (vec![], rounded(10_000)));
+        let chunks = held.iter().map(|r| &r.slot.chunk);
+        let earliest: Vec<u64> = chunks
+            .map(|chunk| chunk.earliest_due.load(Ordering::Relaxed))
+            .collect();
+        assert!(earliest.iter().all(|&due| due >= rounded(10_000)));
+
+        // A request registered later with an earlier due lowers its chunk's: it is not skipped.
+        let early = registry.register(0, due_at_ms(2_000), None, &parts, |_| {});
+        assert_eq!(due_scan(&registry, 1_000), (vec![], rounded(2_000)));
+        assert_eq!(
+            due_scan(&registry, 2_001),
+            (vec![early.id()], rounded(10_000))
+        );
+
+        // Once due, every request is visited, in whichever chunk.
+        let (visited, _) = due_scan(&registry, 20_000);
+        assert_eq!(visited.len(), held.len() + 1);
+
+        // Freed slots are never due: once the chunks were looked at, nothing is left to find.
+        drop(held);
+        drop(early);
+        let _ = due_scan(&registry, 20_000);
+        assert_eq!(due_scan(&registry, 20_000), (vec![], NEVER));
+    }
+
+    #[test]
+    fn a_stuck_request_that_finished_is_visited_though_nothing_is_due() {
+        let (registry, parts) = registry_and_parts();
+        let request = registry.register(0, due_at_ms(10_000), None, &parts, |_| {});
+        let id = request.id();
+        let slot = request.slot.clone();
+        assert_eq!(due_scan(&registry, 0), (vec![], rounded(10_000)));
+        assert!(slot.mark_stuck(id));
+        // Reported: nothing more is due for it.
+        slot.set_watch_due_ns(NEVER);
+        registry.reschedule(&slot, id);
+        let _ = due_scan(&registry, 11_000);
+        assert_eq!(due_scan(&registry, 11_000), (vec![], NEVER));
+        drop(request);
+        let mut seen = Vec::new();
+        registry.scan_due(11_000 * 1_000_000, |_, s| seen.push(s));
+        assert!(matches!(seen[..], [Seen::FinishedAfterStuck { id: i }] if i == id));
     }
 
     #[test]
