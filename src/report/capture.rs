@@ -66,7 +66,7 @@ pub(crate) const URI_LIMIT: usize = 4096;
 const NAME_LIMIT: usize = 128;
 
 /// Headers whose values repeat across requests (one host, a few clients' user agents): a
-/// watchdog keeps each value of these once, and a request's record names it in two bytes
+/// watchdog keeps each value of these once, and a request's record names it in 3 bytes
 /// instead of holding a copy. Headers that differ per request (ids, lengths, the referer, whose
 /// query may hold a secret) are copied per request, so the table never keeps them.
 pub const SHARED_VALUE_HEADERS: [HeaderName; 7] = [
@@ -559,7 +559,6 @@ impl RequestCapture {
             if let Some(number) = header.shared.as_ref().and_then(|s| s.number_of(bytes)) {
                 let mut record = [index as u8, 0, 0];
                 record[1..].copy_from_slice(&(number | SHARED_BIT).to_le_bytes());
-                text.reserve_exact(record.len());
                 text.extend_from_slice(&record);
                 copied += 1;
                 continue;
