@@ -7,8 +7,14 @@
 //! then counts responses for a fixed time. Each variant is measured right next to a
 //! measurement of bare axum (which goes first alternates by round), and its ratio to bare is
 //! the median of those pairs' ratios: on a shared machine whose speed drifts over tens of
-//! seconds, neighbours a second apart compare far better than whole rounds. Settings, from
-//! the environment:
+//! seconds, neighbours a second apart compare far better than whole rounds.
+//!
+//! Each round also reads the server thread's CPU time (`/proc/self/task/TID/schedstat`, on
+//! Linux): how busy the server was, and its CPU time per response. A bare server the load
+//! generator cannot saturate (busy well under 100 %) hides part of a layer's cost in its idle
+//! time, and the req/s ratio then flatters the layer; the ratio of CPU time per response (bare
+//! over the variant, median of the pairs) is the throughput ratio of a saturated server, and
+//! holds whichever side of the loopback is the bottleneck. Settings, from the environment:
 //!
 //! | variable | default | |
 //! |---|---|---|
@@ -218,6 +224,8 @@ fn pin_to_core(index: usize) -> bool {
 /// A server on its own OS thread with one current-thread runtime, stopped by dropping it.
 struct Server {
     addr: SocketAddr,
+    /// The server thread's id, to read its CPU time from `/proc` (`None` off Linux).
+    thread_id: Option<u32>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -239,7 +247,9 @@ impl Server {
                     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
                         .await
                         .expect("a port on 127.0.0.1");
-                    ready_tx.send(listener.local_addr().unwrap()).unwrap();
+                    ready_tx
+                        .send((listener.local_addr().unwrap(), own_thread_id()))
+                        .unwrap();
                     let listener = listener.tap_io(|tcp| {
                         let _ = tcp.set_nodelay(true);
                     });
@@ -252,9 +262,10 @@ impl Server {
                 });
             })
             .expect("a server thread");
-        let addr = ready_rx.recv().expect("the server's address");
+        let (addr, thread_id) = ready_rx.recv().expect("the server's address");
         Self {
             addr,
+            thread_id,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -272,10 +283,35 @@ impl Drop for Server {
     }
 }
 
+/// The calling thread's id, from `/proc/thread-self` (`PID/task/TID`).
+fn own_thread_id() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// Nanoseconds the thread has run on a CPU, user and kernel (the first field of `schedstat`).
+fn cpu_time_ns(thread_id: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{thread_id}/schedstat")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// One measurement: the rate, and what the server thread spent on it.
+#[derive(Clone, Copy)]
+struct Measured {
+    rate: f64,
+    /// The server thread's CPU time over the wall time: near 1 when the server is the
+    /// bottleneck, lower when the load generator is.
+    busy: Option<f64>,
+    /// The server thread's CPU time per response. Unlike the rate, this does not depend on
+    /// which side of the loopback is the bottleneck.
+    cpu_ns_per_request: Option<f64>,
+}
+
 /// Requests per second over `connections` keep-alive connections, counted for `measure`
 /// after `warmup`; runs on its own OS thread with one current-thread runtime.
-fn load(addr: SocketAddr, settings: &Settings) -> f64 {
+fn load(server: &Server, settings: &Settings) -> Measured {
     let (connections, warmup, measure) = (settings.connections, settings.warmup, settings.measure);
+    let (addr, server_thread) = (server.addr, server.thread_id);
     std::thread::Builder::new()
         .name("bench-client".into())
         .spawn(move || {
@@ -284,7 +320,7 @@ fn load(addr: SocketAddr, settings: &Settings) -> f64 {
                 .enable_all()
                 .build()
                 .expect("a runtime");
-            runtime.block_on(generate(addr, connections, warmup, measure))
+            runtime.block_on(generate(addr, server_thread, connections, warmup, measure))
         })
         .expect("a client thread")
         .join()
@@ -293,10 +329,11 @@ fn load(addr: SocketAddr, settings: &Settings) -> f64 {
 
 async fn generate(
     addr: SocketAddr,
+    server_thread: Option<u32>,
     connections: usize,
     warmup: Duration,
     measure: Duration,
-) -> f64 {
+) -> Measured {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::with_capacity(connections);
@@ -327,14 +364,23 @@ async fn generate(
         }));
     }
     tokio::time::sleep(warmup).await;
-    let (started, before) = (Instant::now(), done.load(Ordering::Relaxed));
+    let cpu = || server_thread.and_then(cpu_time_ns);
+    let (started, before, cpu_before) = (Instant::now(), done.load(Ordering::Relaxed), cpu());
     tokio::time::sleep(measure).await;
-    let (elapsed, after) = (started.elapsed(), done.load(Ordering::Relaxed));
+    let (elapsed, after, cpu_after) = (started.elapsed(), done.load(Ordering::Relaxed), cpu());
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.expect("a client task");
     }
-    (after - before) as f64 / elapsed.as_secs_f64()
+    let responses = (after - before) as f64;
+    let spent = cpu_before
+        .zip(cpu_after)
+        .map(|(before, after)| after.saturating_sub(before) as f64);
+    Measured {
+        rate: responses / elapsed.as_secs_f64(),
+        busy: spent.map(|spent| spent / elapsed.as_nanos() as f64),
+        cpu_ns_per_request: spent.map(|spent| spent / responses.max(1.0)),
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -355,8 +401,11 @@ fn main() {
             .find(|(variant, _)| variant.to_lowercase().contains(&name.to_lowercase()))
             .unwrap_or_else(|| panic!("no variant named like {name:?}"));
         let server = Server::start(app(wrap), env_or("VIGIL_BENCH_PORT", 3000u16));
+        let thread = server
+            .thread_id
+            .map_or_else(String::new, |tid| format!(" (server thread {tid})"));
         println!(
-            "serving {name} on http://{}/api/job until killed",
+            "serving {name} on http://{}/api/job until killed{thread}",
             server.addr
         );
         loop {
@@ -392,53 +441,96 @@ fn main() {
     let measure = |i: usize, round: usize| {
         let (name, wrap) = &variants[i];
         let server = Server::start(app(wrap), 0);
-        let rate = load(server.addr, &settings);
+        let measured = load(&server, &settings);
         drop(server);
-        eprintln!("round {}: {name:<30} {rate:>9.0} req/s", round + 1);
-        rate
+        let cpu = measured.cpu_ns_per_request.zip(measured.busy).map_or_else(
+            String::new,
+            |(ns, busy)| {
+                format!(
+                    ", server {ns:.0} ns CPU/request, {:.0} % busy",
+                    busy * 100.0
+                )
+            },
+        );
+        eprintln!(
+            "round {}: {name:<30} {:>9.0} req/s{cpu}",
+            round + 1,
+            measured.rate
+        );
+        measured
     };
     let others: Vec<usize> = picked.iter().copied().filter(|&i| i != 0).collect();
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    // Each variant's rate over the bare rate measured next to it.
+    let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
+    // Each variant's rate over the bare rate measured next to it, and bare's CPU per request
+    // over the variant's: the throughput ratio a saturated server would show.
     let mut paired: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut paired_cpu: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     paired[0].push(1.0);
+    paired_cpu[0].push(1.0);
     for round in 0..settings.rounds {
         if others.is_empty() {
-            let rate = measure(0, round);
-            rates[0].push(rate);
+            runs[0].push(measure(0, round));
             continue;
         }
         // Rotated each round, so no variant always follows the same one.
         for k in 0..others.len() {
             let i = others[(k + round) % others.len()];
-            let (bare, rate) = if (round + k) % 2 == 0 {
+            let (bare, run) = if (round + k) % 2 == 0 {
                 let bare = measure(0, round);
                 (bare, measure(i, round))
             } else {
-                let rate = measure(i, round);
-                (measure(0, round), rate)
+                let run = measure(i, round);
+                (measure(0, round), run)
             };
-            rates[0].push(bare);
-            rates[i].push(rate);
-            paired[i].push(rate / bare);
+            paired[i].push(run.rate / bare.rate);
+            if let Some((bare_ns, ns)) = bare.cpu_ns_per_request.zip(run.cpu_ns_per_request) {
+                paired_cpu[i].push(bare_ns / ns);
+            }
+            runs[0].push(bare);
+            runs[i].push(run);
         }
     }
-    let mut bare = rates[0].clone();
+    let mut bare: Vec<f64> = runs[0].iter().map(|run| run.rate).collect();
     let bare_median = median(&mut bare);
     println!();
-    println!("| server | req/s (median) | min .. max | vs bare (median of paired ratios) |");
-    println!("|---|---|---|---|");
+    println!(
+        "| server | req/s (median) | min .. max | vs bare (median of paired ratios) | \
+         server busy | server CPU per request | vs bare by CPU per request |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let median_of = |values: &mut Vec<f64>| {
+        if values.is_empty() {
+            "–".to_owned()
+        } else {
+            format!("{:.3}", median(values))
+        }
+    };
     for &i in &picked {
-        let mut values = rates[i].clone();
-        let mut ratios = paired[i].clone();
+        let mut values: Vec<f64> = runs[i].iter().map(|run| run.rate).collect();
+        let mut busy: Vec<f64> = runs[i].iter().filter_map(|run| run.busy).collect();
+        let mut cpu: Vec<f64> = runs[i]
+            .iter()
+            .filter_map(|run| run.cpu_ns_per_request)
+            .collect();
         let value = median(&mut values);
+        let busy = if busy.is_empty() {
+            "–".to_owned()
+        } else {
+            format!("{:.0} %", median(&mut busy) * 100.0)
+        };
+        let cpu = if cpu.is_empty() {
+            "–".to_owned()
+        } else {
+            format!("{:.0} ns", median(&mut cpu))
+        };
         println!(
-            "| {} | {:.1}k | {:.1}k .. {:.1}k | {:.3} |",
+            "| {} | {:.1}k | {:.1}k .. {:.1}k | {} | {busy} | {cpu} | {} |",
             variants[i].0,
             value / 1000.0,
             values[0] / 1000.0,
             values[values.len() - 1] / 1000.0,
-            median(&mut ratios),
+            median_of(&mut paired[i]),
+            median_of(&mut paired_cpu[i]),
         );
     }
     println!("\nbare axum median: {bare_median:.0} req/s");
