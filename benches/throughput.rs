@@ -309,9 +309,8 @@ struct Measured {
 
 /// Requests per second over `connections` keep-alive connections, counted for `measure`
 /// after `warmup`; runs on its own OS thread with one current-thread runtime.
-fn load(server: &Server, settings: &Settings) -> Measured {
+fn load(addr: SocketAddr, server_thread: Option<u32>, settings: &Settings) -> Measured {
     let (connections, warmup, measure) = (settings.connections, settings.warmup, settings.measure);
-    let (addr, server_thread) = (server.addr, server.thread_id);
     std::thread::Builder::new()
         .name("bench-client".into())
         .spawn(move || {
@@ -412,6 +411,15 @@ fn main() {
             std::thread::park();
         }
     }
+    if let Ok(addr) = std::env::var("VIGIL_BENCH_LOAD") {
+        // The bundled load generator against a server of another process.
+        let addr: SocketAddr = addr
+            .parse()
+            .unwrap_or_else(|_| panic!("VIGIL_BENCH_LOAD={addr:?} is not an address"));
+        let measured = load(addr, None, &Settings::from_env());
+        println!("{:.0} req/s from {addr}", measured.rate);
+        return;
+    }
     // `cargo bench` passes `--bench`; any other word picks variants by name.
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -441,7 +449,7 @@ fn main() {
     let measure = |i: usize, round: usize| {
         let (name, wrap) = &variants[i];
         let server = Server::start(app(wrap), 0);
-        let measured = load(&server, &settings);
+        let measured = load(server.addr, server.thread_id, &settings);
         drop(server);
         let cpu = measured.cpu_ns_per_request.zip(measured.busy).map_or_else(
             String::new,
