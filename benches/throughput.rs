@@ -125,7 +125,21 @@ fn variants() -> Vec<(&'static str, Wrap)> {
         ),
         ("Vigil (every option on)", wrap(everything)),
         (
-            "Vigil (lean: no copied headers, no Deadline extension)",
+            "Vigil (defaults and the Deadline extension)",
+            wrap(
+                Vigil::new()
+                    .profiler(profiler())
+                    .watchdog(watchdog())
+                    .timebox(
+                        TimeboxLayer::builder_for_supervisor(Duration::from_secs(30))
+                            .deadline_extension(true)
+                            .build()
+                            .expect("30 s"),
+                    ),
+            ),
+        ),
+        (
+            "Vigil (lean: no copied headers)",
             wrap(
                 Vigil::new()
                     .profiler(profiler())
@@ -135,12 +149,7 @@ fn variants() -> Vec<(&'static str, Wrap)> {
                             .build()
                             .expect("valid"),
                     )
-                    .timebox(
-                        TimeboxLayer::builder_for_supervisor(Duration::from_secs(30))
-                            .deadline_extension(false)
-                            .build()
-                            .expect("30 s"),
-                    ),
+                    .timebox(timebox()),
             ),
         ),
     ]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::Path as UrlPath;
 use axum::routing::get;
-use axum::{Extension, Router};
+use axum::Router;
 use http::StatusCode;
 use tower_vigil::profiler::{ProfilerLayer, SharedSecret};
 use tower_vigil::sink::{EmailSink, FileSink, LogSink};
@@ -82,7 +82,7 @@ fn stuck_in_legacy_code() {
 }
 
 /// A handler that honours the soft deadline and answers with what it has.
-async fn export(Extension(deadline): Extension<Deadline>) -> (StatusCode, String) {
+async fn export(deadline: Deadline) -> (StatusCode, String) {
     let mut rows = 0;
     loop {
         tokio::select! {

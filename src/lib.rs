@@ -83,8 +83,7 @@
 //!
 //! The profiler is exempt from the timebox in either order: outside it, it marks the request
 //! exempt; inside it (for example as a `route_layer`), it lifts the deadlines the timebox gave
-//! the request, which needs the timebox's `deadline_extension` (on by default; without it the
-//! profiler logs one warning and profiled requests get the 503).
+//! the request.
 //!
 //! `Router::layer` accepts vigil's response bodies as they are. Wrapping a whole `Router`
 //! for `axum::serve`, which needs `Response<Body>`, takes one more layer,

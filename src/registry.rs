@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::report::RequestMeta;
 use crate::stack::probe::{ProbeAnswer, ProbeFindings};
+use crate::timebox::Deadline;
 use crate::tracked::Parts;
 
 /// Phases of a request, packed with its id into one atomic word so that a phase change can
@@ -792,6 +793,7 @@ impl Registry {
             id,
             watched,
             long_lived_exempt: parts.watch.as_ref().is_none_or(|w| w.long_lived_exempt),
+            deadlines: None,
         }
     }
 
@@ -956,11 +958,33 @@ pub(crate) struct Registration {
     watched: bool,
     /// Its watch lets go of websocket upgrades and event streams.
     pub(crate) long_lived_exempt: bool,
+    /// Its soft and hard deadlines, when a timebox applies: what a [`Deadline`] built on
+    /// demand needs.
+    deadlines: Option<(Instant, Instant)>,
 }
 
 impl Registration {
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    pub(crate) fn set_deadlines(&mut self, soft_at: Instant, hard_at: Instant) {
+        self.deadlines = Some((soft_at, hard_at));
+    }
+
+    /// The request's deadline, built on demand, when a timebox applies. Lifted deadlines (the
+    /// profiler's) never pass; one that fired stays fired.
+    pub(crate) fn deadline(&self) -> Option<Deadline> {
+        let (mut soft_at, mut hard_at) = self.deadlines?;
+        let flags = self.slot.flags(self.id);
+        if !self.slot.has_hard_due() && flags & HARD_FIRED == 0 {
+            let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+            if flags & SOFT_FIRED == 0 {
+                soft_at = never;
+            }
+            hard_at = never;
+        }
+        Some(Deadline::for_request(self.handle(), soft_at, hard_at))
     }
 
     /// Polls the request's future, as a probe when the monitor asked for one; after a pending
@@ -1089,6 +1113,8 @@ impl Registration {
 pub(crate) struct PollingScope<'a> {
     registration: &'a Registration,
     _thread: crate::stack::PollScope,
+    /// A timeboxed request's deadline can be built on demand while it is polled.
+    _timeboxed: Option<crate::stack::TimeboxedScope<'a>>,
 }
 
 impl<'a> PollingScope<'a> {
@@ -1098,6 +1124,10 @@ impl<'a> PollingScope<'a> {
         Self {
             registration,
             _thread: thread,
+            _timeboxed: registration
+                .deadlines
+                .is_some()
+                .then(|| crate::stack::TimeboxedScope::enter(registration)),
         }
     }
 }

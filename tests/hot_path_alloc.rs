@@ -176,33 +176,31 @@ fn the_counter_sees_an_allocating_layer() {
 }
 
 #[test]
-fn timebox_allocations_per_request_are_only_the_deadline_extension() {
+fn the_timebox_allocates_nothing_per_request_unless_its_extension_is_asked_for() {
     use tower_vigil::timebox::TimeboxLayer;
-    let layer = TimeboxLayer::builder(Duration::from_secs(25))
+    let defaults = TimeboxLayer::builder(Duration::from_secs(25))
         .isolation(false)
         .build()
         .unwrap();
-    let mut service = layer.layer(Bare);
-    for _ in 0..3 {
-        allocations_of_one_request(&mut service);
-    }
-    let per_request = allocations_of_one_request(&mut service);
-    eprintln!("timebox (inline) allocations per request: {per_request}");
-    let without_extension = TimeboxLayer::builder(Duration::from_secs(25))
-        .isolation(false)
-        .deadline_extension(false)
-        .build()
-        .unwrap();
-    let mut service = without_extension.layer(Bare);
+    let mut service = defaults.layer(Bare);
     for _ in 0..3 {
         allocations_of_one_request(&mut service);
     }
     let total: usize = (0..1000)
         .map(|_| allocations_of_one_request(&mut service))
         .sum();
-    assert_eq!(
-        total, 0,
-        "allocations in 1000 requests without the extension"
-    );
-    assert!(per_request <= 3, "{per_request}");
+    assert_eq!(total, 0, "allocations in 1000 requests with the defaults");
+    let with_extension = TimeboxLayer::builder(Duration::from_secs(25))
+        .isolation(false)
+        .deadline_extension(true)
+        .build()
+        .unwrap();
+    let mut service = with_extension.layer(Bare);
+    for _ in 0..3 {
+        allocations_of_one_request(&mut service);
+    }
+    let per_request = allocations_of_one_request(&mut service);
+    eprintln!("timebox (inline) with the extension, allocations per request: {per_request}");
+    // The extension map and the boxed deadline: what `http::Extensions` allocates.
+    assert!((1..=3).contains(&per_request), "{per_request}");
 }

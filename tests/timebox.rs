@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::routing::get;
-use axum::{Extension, Router};
+use axum::Router;
 use common::*;
 use tower_vigil::report::{ReportKind, ReportTrigger, StackStatus};
 use tower_vigil::timebox::{
@@ -63,7 +63,7 @@ async fn a_handler_that_honours_the_soft_deadline_answers_itself() {
     let app = Router::new()
         .route(
             "/export",
-            get(|Extension(deadline): Extension<Deadline>| async move {
+            get(|deadline: Deadline| async move {
                 let work = tokio::time::sleep(Duration::from_secs(30));
                 tokio::select! {
                     _ = work => (http::StatusCode::OK, "done".to_owned()),
@@ -612,4 +612,111 @@ fn adaptive_isolation_learns_the_route(timebox: &TimeboxLayer, stack: impl Fn(Ro
     );
     assert_eq!(client.block_on(http_get(addr, "/fast", &[])).0, 200);
     drop(server);
+}
+
+/// What a handler sees of its deadline, as text: the extractor's kind of deadline, whether the
+/// extension is there and agrees, and what `Deadline::of_request` gives in a spawned task.
+async fn describe_deadline(
+    deadline: Deadline,
+    extension: Option<axum::Extension<Deadline>>,
+) -> String {
+    let same = extension.as_ref().map(|axum::Extension(other)| {
+        other.instant() == deadline.instant() && other.hard_instant() == deadline.hard_instant()
+    });
+    let current = Deadline::current().expect("a deadline in force while polled");
+    let in_task = tokio::spawn(async { Deadline::of_request().is_some() })
+        .await
+        .unwrap();
+    // A deadline taken along into the task still answers.
+    let taken = deadline.clone();
+    let taken_along = tokio::spawn(async move { taken.check().is_ok() })
+        .await
+        .unwrap();
+    format!(
+        "hard={} extension={same:?} current_is_request={} in_task={in_task} taken_along={taken_along} remaining_ms={}",
+        deadline.hard_instant().is_some(),
+        current.hard_instant() == deadline.hard_instant(),
+        deadline.remaining().as_millis(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_is_built_on_demand_and_the_extension_only_when_asked_for() {
+    for (name, timebox) in [
+        ("default", layer()),
+        (
+            "with the extension",
+            builder().deadline_extension(true).build().unwrap(),
+        ),
+    ] {
+        let app = Router::new()
+            .route("/deadline", get(describe_deadline))
+            .layer(timebox);
+        let addr = serve(app).await;
+        let (status, body) = http_get(addr, "/deadline", &[]).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        let extension = if name == "default" {
+            "None"
+        } else {
+            "Some(true)"
+        };
+        let expected = format!(
+            "hard=true extension={extension} current_is_request=true in_task=false taken_along=true"
+        );
+        assert!(body.starts_with(&expected), "{name}: {body}");
+        // The soft deadline is HARD minus the grace of 100 ms away, less the time taken so far.
+        let remaining: u64 = body.rsplit('=').next().unwrap().parse().unwrap();
+        assert!((100..=200).contains(&remaining), "{name}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_takes_a_deadline_without_a_timebox_gets_a_500_that_says_why() {
+    let app = Router::new()
+        .route("/needs", get(|_deadline: Deadline| async { "unreachable" }))
+        .route(
+            "/optional",
+            get(|deadline: Option<Deadline>| async move {
+                format!("has_deadline={}", deadline.is_some())
+            }),
+        );
+    let addr = serve(app).await;
+    let (status, body) = http_get(addr, "/needs", &[]).await;
+    assert_eq!(status, 500);
+    assert!(
+        body.contains("not behind a TimeboxLayer or Vigil"),
+        "{body}"
+    );
+    let (status, body) = http_get(addr, "/optional", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "has_deadline=false"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_built_on_demand_is_cancelled_by_the_monitor_at_the_soft_deadline() {
+    let timebox = layer();
+    let app = Router::new()
+        .route(
+            "/wait",
+            get(|deadline: Deadline| async move {
+                let started = Instant::now();
+                deadline.cancelled().await;
+                format!(
+                    "cancelled={} after_ms={}",
+                    deadline.is_cancelled(),
+                    started.elapsed().as_millis()
+                )
+            }),
+        )
+        .layer(timebox.clone());
+    let addr = serve(app).await;
+    let (status, body) = http_get(addr, "/wait", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("cancelled=true"), "{body}");
+    let after: u64 = body.rsplit('=').next().unwrap().parse().unwrap();
+    // The soft deadline is 200 ms after arrival; the monitor fires within its tick.
+    assert!(
+        (150..=200 + 3 * TICK.as_millis() as u64).contains(&after),
+        "{body}"
+    );
+    assert_eq!(timebox.stats().soft_cancellations, 1);
 }

@@ -212,7 +212,9 @@ pub struct TimeboxConfig {
     /// blocks its thread: `always`, `adaptive` (only on routes that have been wedged before)
     /// or `never`. Default: `adaptive`.
     pub isolation: Isolation,
-    /// Whether each request gets its `Deadline` as a request extension. Default: true.
+    /// Whether each request also gets its `Deadline` as a request extension, for code that
+    /// reads extensions (`Extension<Deadline>`). Default: false: handlers take the `Deadline`
+    /// extractor or call `Deadline::of_request`, which build it on demand.
     pub deadline_extension: bool,
     /// Answers 503 at once to a request whose `X-Request-Start` says it queued longer than
     /// this. Default: `None` (off).
@@ -243,7 +245,7 @@ impl Default for TimeboxConfig {
             body: Self::DEFAULT_BODY.to_owned(),
             retry_after: Some(Self::DEFAULT_RETRY_AFTER),
             isolation: Isolation::Adaptive,
-            deadline_extension: true,
+            deadline_extension: false,
             wait_timeout: None,
             body_deadline: false,
             long_lived_exempt: true,

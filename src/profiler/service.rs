@@ -1,4 +1,3 @@
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -18,7 +17,7 @@ use super::page::{self, Links};
 use super::runner::{self, Abandoned, ProfileError, Settings};
 use super::trigger::{self, Format, Hit, Wish};
 use crate::exempt::ExemptFromDeadlines;
-use crate::timebox::{request_deadline_in_force, Deadline};
+use crate::timebox::Deadline;
 
 /// Middleware that answers an authorized, triggered request with a profile of it.
 ///
@@ -222,21 +221,24 @@ impl<S> Profiler<S> {
 /// Exempts a profiled request from a timebox outside the profiler: a timebox inside sees
 /// [`ExemptFromDeadlines`], one outside has already registered the request and would answer
 /// 503 at its hard deadline while the profile is still being taken.
+///
+/// The handler then runs on the profiler's thread, where no deadline can be built on demand,
+/// so the request carries its deadline, lifted (or one that never passes), as an extension:
+/// a handler that takes a `Deadline` runs the same profiled as not.
 fn lift_enclosing_deadlines(parts: &mut Parts) {
     if let Some(deadline) = parts.extensions.get_mut::<Deadline>() {
         deadline.lift();
-    } else if request_deadline_in_force() {
-        // The timebox outside gave the request no `Deadline` to lift.
-        static WARNED: AtomicBool = AtomicBool::new(false);
-        if !WARNED.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                target: "tower_vigil::profiler",
-                "the profiler is inside a timebox whose deadline extension is off, so profiled \
-                 requests get the timebox's 503 at its hard deadline: put the ProfilerLayer \
-                 outside the TimeboxLayer (Vigil does), or keep `deadline_extension(true)`"
-            );
-        }
+        return;
     }
+    // The timebox outside, if any, is calling this request right now.
+    let deadline = match Deadline::of_request() {
+        Some(mut deadline) => {
+            deadline.lift();
+            deadline
+        }
+        None => Deadline::never(),
+    };
+    parts.extensions.insert(deadline);
 }
 
 /// The answer to a profile taken at once. A page is kept in the profile store, so that its

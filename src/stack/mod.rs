@@ -73,6 +73,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::registry::Registration;
+
 /// Frames kept per capture; deeper stacks are truncated at the outermost end.
 pub(crate) const MAX_FRAMES: usize = 128;
 /// Captures that can be pending (or quarantined) at once across the process. A thread with the
@@ -242,6 +244,50 @@ impl Drop for PollScope {
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
         THREAD.with(|t| t.current_request.store(self.previous, Ordering::Relaxed));
     }
+}
+
+thread_local! {
+    /// The innermost timeboxed request being polled on this thread, or null.
+    static TIMEBOXED: Cell<*const Registration> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Makes a timeboxed request the one being polled on this thread until dropped, so that its
+/// `Deadline` can be built on demand ([`with_timeboxed`]). It borrows the registration for its
+/// whole life and puts back the previous one when it drops; scopes are crate-internal guards,
+/// entered around one poll and never leaked.
+pub(crate) struct TimeboxedScope<'a> {
+    previous: *const Registration,
+    _registration: std::marker::PhantomData<&'a Registration>,
+}
+
+impl<'a> TimeboxedScope<'a> {
+    pub(crate) fn enter(registration: &'a Registration) -> Self {
+        let previous = TIMEBOXED.with(|current| current.replace(registration));
+        Self {
+            previous,
+            _registration: std::marker::PhantomData,
+        }
+    }
+}
+
+impl Drop for TimeboxedScope<'_> {
+    fn drop(&mut self) {
+        TIMEBOXED.with(|current| current.set(self.previous));
+    }
+}
+
+/// Runs `f` on the innermost timeboxed request being polled on this thread; `None` outside
+/// every one.
+pub(crate) fn with_timeboxed<R>(f: impl FnOnce(&Registration) -> R) -> Option<R> {
+    let registration = TIMEBOXED.with(Cell::get);
+    if registration.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null value was set by a `TimeboxedScope` that is still alive on this
+    // thread: scopes nest, each puts back its predecessor when it drops, and none is leaked.
+    // That scope borrows the registration, so it is neither moved nor dropped until the scope
+    // ends, after this call returns; only shared references to it exist meanwhile.
+    Some(f(unsafe { &*registration }))
 }
 
 /// A coarse monotonic clock in nanoseconds (`CLOCK_MONOTONIC_COARSE`: a few milliseconds of

@@ -98,27 +98,26 @@ fn active() -> Option<ActiveDeadline> {
     ACTIVE.with(Cell::get)
 }
 
-/// Whether a timebox layer is calling its inner service for a request right now, on this
-/// thread: for layers inside it that need to know they are.
-pub(crate) fn request_deadline_in_force() -> bool {
-    active().is_some_and(|active| active.kind == DeadlineKind::Request)
-}
-
 /// Far enough away to never pass, near enough for `Instant` arithmetic.
 const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// The request's deadline, as a request extension.
+/// The request's deadline.
 ///
-/// [`super::TimeboxLayer`] inserts one into every request it timeboxes. At the soft deadline
-/// it is cancelled: [`Deadline::check`] fails and [`Deadline::cancelled`] completes, so a
-/// handler can stop early with its own cleanup and its own response. At the hard deadline the
-/// layer drops the handler's future and answers 503.
+/// Every request that [`super::TimeboxLayer`] timeboxes has one. At the soft deadline it is
+/// cancelled: [`Deadline::check`] fails and [`Deadline::cancelled`] completes, so a handler
+/// can stop early with its own cleanup and its own response. At the hard deadline the layer
+/// drops the handler's future and answers 503.
+///
+/// An axum handler takes it as an extractor (`Option<Deadline>` where the route may run
+/// without a timebox); other code calls [`Deadline::of_request`] while the request is being
+/// polled. Either builds it only when asked for. With
+/// [`super::TimeboxBuilder::deadline_extension`] it is also a request extension.
 ///
 /// ```
-/// use axum::{Extension, response::IntoResponse};
+/// use axum::response::IntoResponse;
 /// use tower_vigil::timebox::Deadline;
 ///
-/// async fn export(Extension(deadline): Extension<Deadline>) -> impl IntoResponse {
+/// async fn export(deadline: Deadline) -> impl IntoResponse {
 ///     let mut rows = Vec::new();
 ///     for page in 0..100 {
 ///         if deadline.check().is_err() {
@@ -191,6 +190,16 @@ impl Deadline {
         true
     }
 
+    /// The deadline of a request exempt from every timebox (a profiled one): it never passes.
+    pub(crate) fn never() -> Self {
+        Self {
+            inner: DeadlineInner::At {
+                at: Instant::now() + NEVER,
+                kind: DeadlineKind::Request,
+            },
+        }
+    }
+
     /// A deadline at a fixed instant, for code that runs outside a timeboxed request.
     pub fn at(at: Instant) -> Self {
         Self {
@@ -207,14 +216,30 @@ impl Deadline {
     }
 
     /// The deadline in force where this is called: the innermost [`timebox`], or the
-    /// request's soft deadline, while a timeboxed request is being polled. `None` elsewhere.
+    /// request's deadline, while a timeboxed request is being polled. `None` elsewhere.
     pub fn current() -> Option<Self> {
-        active().map(|active| Self {
+        let active = active()?;
+        if active.kind == DeadlineKind::Request {
+            if let Some(deadline) = Self::of_request() {
+                return Some(deadline);
+            }
+        }
+        Some(Self {
             inner: DeadlineInner::At {
                 at: active.at,
                 kind: active.kind,
             },
         })
+    }
+
+    /// The deadline of the timeboxed request being polled on this thread, whatever
+    /// [`timebox`]es are nested inside it: the same deadline as the request extension, built
+    /// only when asked for. `None` outside a timeboxed request (and in a task the handler
+    /// spawned: take the deadline along instead).
+    ///
+    /// With axum, a handler takes it as an extractor: `async fn handler(deadline: Deadline)`.
+    pub fn of_request() -> Option<Self> {
+        crate::stack::with_timeboxed(crate::registry::Registration::deadline).flatten()
     }
 
     fn kind(&self) -> DeadlineKind {
@@ -290,6 +315,70 @@ impl Deadline {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(*at)).await;
             }
         }
+    }
+}
+
+/// The rejection of the [`Deadline`] extractor: the handler is not behind a timebox.
+///
+/// Answers 500: a handler that takes a `Deadline` was written for a timeboxed route, so
+/// reaching it without one is a wiring error, not the client's. A handler that also runs
+/// without a timebox takes `Option<Deadline>` instead.
+#[cfg(feature = "axum")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoRequestDeadline;
+
+#[cfg(feature = "axum")]
+impl fmt::Display for NoRequestDeadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "no request deadline: the handler is not behind a TimeboxLayer or Vigil, or runs in \
+             a task of its own",
+        )
+    }
+}
+
+#[cfg(feature = "axum")]
+impl std::error::Error for NoRequestDeadline {}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for NoRequestDeadline {
+    fn into_response(self) -> axum::response::Response {
+        (http::StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
+    }
+}
+
+/// The request's deadline as an axum extractor: the extension when a layer inserted one,
+/// otherwise built on demand for the timeboxed request being polled ([`Deadline::of_request`]).
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Deadline {
+    type Rejection = NoRequestDeadline;
+
+    fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> impl Future<Output = Result<Self, Self::Rejection>> + Send {
+        std::future::ready(request_deadline(parts).ok_or(NoRequestDeadline))
+    }
+}
+
+/// `Option<Deadline>`: `None` when the handler is not behind a timebox.
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Deadline {
+    type Rejection = std::convert::Infallible;
+
+    fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> impl Future<Output = Result<Option<Self>, Self::Rejection>> + Send {
+        std::future::ready(Ok(request_deadline(parts)))
+    }
+}
+
+#[cfg(feature = "axum")]
+fn request_deadline(parts: &http::request::Parts) -> Option<Deadline> {
+    match parts.extensions.get::<Deadline>() {
+        Some(deadline) => Some(deadline.clone()),
+        None => Deadline::of_request(),
     }
 }
 

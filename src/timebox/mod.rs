@@ -61,10 +61,10 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use axum::{routing::get, Extension, Router};
+//! use axum::{routing::get, Router};
 //! use tower_vigil::timebox::{timebox, Deadline, TimeboxLayer};
 //!
-//! async fn report(Extension(deadline): Extension<Deadline>) -> String {
+//! async fn report(deadline: Deadline) -> String {
 //!     match timebox(Duration::from_secs(2), load_rows()).await {
 //!         Ok(rows) => format!("{rows} rows, {:?} to spare", deadline.remaining()),
 //!         Err(elapsed) => format!("partial report: {elapsed}"),
@@ -118,10 +118,12 @@ pub(crate) mod shed;
 
 pub(crate) use self::body::BodyDeadline;
 pub use self::body::{BodyDeadlineElapsed, TimeboxBody};
-pub(crate) use self::deadline::{request_deadline_in_force, ActiveDeadline, DeadlineScope};
+#[cfg(feature = "axum")]
+pub use self::deadline::NoRequestDeadline;
 pub use self::deadline::{
     spawn_blocking, timebox, Deadline, DeadlineKind, Elapsed, Quota, Timeboxed,
 };
+pub(crate) use self::deadline::{ActiveDeadline, DeadlineScope};
 pub use self::future::ResponseFuture;
 pub use self::layer::{InlineTimeboxLayer, TimeboxBuilder, TimeboxLayer, TimeboxStats};
 pub use self::service::{InlineTimebox, Timebox};

@@ -129,7 +129,7 @@ impl<S> Tracked<S> {
             )),
             _ => None,
         };
-        let registration = parts
+        let mut registration = parts
             .registry
             .register(started, dues, route, parts, |meta| {
                 if let Some(watch) = &parts.watch {
@@ -139,6 +139,7 @@ impl<S> Tracked<S> {
         let active = match deadlines {
             Some(part) => {
                 let (soft_at, hard_at) = (now + part.soft_after, now + part.hard_after);
+                registration.set_deadlines(soft_at, hard_at);
                 if part.deadline_extension {
                     request.extensions_mut().insert(Deadline::for_request(
                         registration.handle(),
