@@ -31,7 +31,7 @@ pub(crate) fn classify<B>(
         }
     }
     if let Some(header) = header {
-        if request.headers().contains_key(header) {
+        if has_header(request.headers(), header) {
             return Hit::Trigger;
         }
     }
@@ -39,6 +39,17 @@ pub(crate) fn classify<B>(
         return Hit::Index;
     }
     Hit::None
+}
+
+/// Whether `headers` holds `name`. Most requests carry a handful of headers, and comparing
+/// their names costs less than hashing a custom name, which `contains_key` does.
+fn has_header(headers: &http::HeaderMap, name: &HeaderName) -> bool {
+    const SCANNED_UP_TO: usize = 16;
+    if headers.keys_len() <= SCANNED_UP_TO {
+        headers.keys().any(|key| key == name)
+    } else {
+        headers.contains_key(name)
+    }
 }
 
 /// The index path itself, or a path below it.
@@ -260,6 +271,29 @@ mod tests {
             Hit::Trigger
         );
         assert_eq!(classify(&with_header, NAME, None, "/i"), Hit::None);
+    }
+
+    #[test]
+    fn the_trigger_header_is_found_among_few_headers_and_many() {
+        let header = HeaderName::from_static("x-vigil-profile");
+        for others in [0, 3, 16, 40] {
+            let mut headers = http::HeaderMap::new();
+            for i in 0..others {
+                headers.insert(
+                    HeaderName::try_from(format!("x-other-{i}")).unwrap(),
+                    "1".parse().unwrap(),
+                );
+            }
+            headers.insert(http::header::HOST, "example.com".parse().unwrap());
+            assert!(!has_header(&headers, &header), "{others} others");
+            headers.insert(header.clone(), "1".parse().unwrap());
+            assert!(has_header(&headers, &header), "{others} others");
+            assert!(has_header(&headers, &http::header::HOST), "{others} others");
+            assert!(
+                !has_header(&headers, &HeaderName::from_static("x-vigil-profil")),
+                "{others} others: a prefix is another name"
+            );
+        }
     }
 
     #[test]

@@ -261,6 +261,7 @@ pub(crate) struct TimeboxedScope<'a> {
 }
 
 impl<'a> TimeboxedScope<'a> {
+    #[inline]
     pub(crate) fn enter(registration: &'a Registration) -> Self {
         let previous = TIMEBOXED.with(|current| current.replace(registration));
         Self {
@@ -271,6 +272,7 @@ impl<'a> TimeboxedScope<'a> {
 }
 
 impl Drop for TimeboxedScope<'_> {
+    #[inline]
     fn drop(&mut self) {
         TIMEBOXED.with(|current| current.set(self.previous));
     }
