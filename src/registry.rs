@@ -972,19 +972,13 @@ impl Registration {
         self.deadlines = Some((soft_at, hard_at));
     }
 
-    /// The request's deadline, built on demand, when a timebox applies. Lifted deadlines (the
-    /// profiler's) never pass; one that fired stays fired.
+    /// The request's deadline, built on demand, when a timebox applies; lifted (by the
+    /// profiler) when its hard deadline is gone without having fired.
     pub(crate) fn deadline(&self) -> Option<Deadline> {
-        let (mut soft_at, mut hard_at) = self.deadlines?;
-        let flags = self.slot.flags(self.id);
-        if !self.slot.has_hard_due() && flags & HARD_FIRED == 0 {
-            let never = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-            if flags & SOFT_FIRED == 0 {
-                soft_at = never;
-            }
-            hard_at = never;
-        }
-        Some(Deadline::for_request(self.handle(), soft_at, hard_at))
+        let (soft_at, hard_at) = self.deadlines?;
+        let deadline = Deadline::for_request(self.handle(), soft_at, hard_at);
+        let lifted = !self.slot.has_hard_due() && self.slot.flags(self.id) & HARD_FIRED == 0;
+        Some(if lifted { deadline.lifted() } else { deadline })
     }
 
     /// Polls the request's future, as a probe when the monitor asked for one; after a pending

@@ -182,12 +182,29 @@ impl Deadline {
         if !handle.lift_deadlines() {
             return false;
         }
+        Self::put_out_of_reach(handle, soft_at, hard_at);
+        true
+    }
+
+    /// A request's deadline whose deadlines were lifted: see [`Deadline::lift`].
+    pub(crate) fn lifted(mut self) -> Self {
+        if let DeadlineInner::Request {
+            handle,
+            soft_at,
+            hard_at,
+        } = &mut self.inner
+        {
+            Self::put_out_of_reach(handle, soft_at, hard_at);
+        }
+        self
+    }
+
+    fn put_out_of_reach(handle: &RequestHandle, soft_at: &mut Instant, hard_at: &mut Instant) {
         // A soft deadline that already fired stays fired: the handler may have seen it.
         if handle.flags() & SOFT_FIRED == 0 {
             let never = Instant::now() + NEVER;
             (*soft_at, *hard_at) = (never, never);
         }
-        true
     }
 
     /// The deadline of a request exempt from every timebox (a profiled one): it never passes.
