@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use common::serve;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -290,7 +290,11 @@ struct Seen {
 fn slow_route(seen: Seen) -> Router {
     Router::new().route(
         "/slow",
-        get(move |deadline: Option<Deadline>| async move {
+        get(move |extension: Option<Extension<Deadline>>| async move {
+            // What the `Deadline` extractor does, in every feature combination.
+            let deadline = extension
+                .map(|Extension(deadline)| deadline)
+                .or_else(Deadline::of_request);
             tokio::time::sleep(SLOW).await;
             seen.had_deadline
                 .store(deadline.is_some(), Ordering::SeqCst);

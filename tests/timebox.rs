@@ -63,7 +63,8 @@ async fn a_handler_that_honours_the_soft_deadline_answers_itself() {
     let app = Router::new()
         .route(
             "/export",
-            get(|deadline: Deadline| async move {
+            get(|| async move {
+                let deadline = Deadline::of_request().expect("a timeboxed request");
                 let work = tokio::time::sleep(Duration::from_secs(30));
                 tokio::select! {
                     _ = work => (http::StatusCode::OK, "done".to_owned()),
@@ -616,6 +617,7 @@ fn adaptive_isolation_learns_the_route(timebox: &TimeboxLayer, stack: impl Fn(Ro
 
 /// What a handler sees of its deadline, as text: the extractor's kind of deadline, whether the
 /// extension is there and agrees, and what `Deadline::of_request` gives in a spawned task.
+#[cfg(feature = "axum")]
 async fn describe_deadline(
     deadline: Deadline,
     extension: Option<axum::Extension<Deadline>>,
@@ -640,6 +642,7 @@ async fn describe_deadline(
     )
 }
 
+#[cfg(feature = "axum")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_is_built_on_demand_and_the_extension_only_when_asked_for() {
     for (name, timebox) in [
@@ -670,6 +673,7 @@ async fn the_deadline_is_built_on_demand_and_the_extension_only_when_asked_for()
     }
 }
 
+#[cfg(feature = "axum")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_takes_a_deadline_without_a_timebox_gets_a_500_that_says_why() {
     let app = Router::new()
@@ -697,7 +701,8 @@ async fn a_deadline_built_on_demand_is_cancelled_by_the_monitor_at_the_soft_dead
     let app = Router::new()
         .route(
             "/wait",
-            get(|deadline: Deadline| async move {
+            get(|| async move {
+                let deadline = Deadline::of_request().expect("a timeboxed request");
                 let started = Instant::now();
                 deadline.cancelled().await;
                 format!(
