@@ -391,6 +391,15 @@ async fn generate(
     }
 }
 
+/// The median as `show` writes it, or a dash when nothing was measured (no `/proc`).
+fn median_shown(mut values: Vec<f64>, show: impl Fn(f64) -> String) -> String {
+    if values.is_empty() {
+        "–".to_owned()
+    } else {
+        show(median(&mut values))
+    }
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
@@ -515,39 +524,24 @@ fn main() {
          server busy | server CPU per request | vs bare by CPU per request |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let median_of = |values: &mut Vec<f64>| {
-        if values.is_empty() {
-            "–".to_owned()
-        } else {
-            format!("{:.3}", median(values))
-        }
-    };
     for &i in &picked {
         let mut values: Vec<f64> = runs[i].iter().map(|run| run.rate).collect();
-        let mut busy: Vec<f64> = runs[i].iter().filter_map(|run| run.busy).collect();
-        let mut cpu: Vec<f64> = runs[i]
+        let value = median(&mut values);
+        let busy = runs[i].iter().filter_map(|run| run.busy).collect();
+        let cpu = runs[i]
             .iter()
             .filter_map(|run| run.cpu_ns_per_request)
             .collect();
-        let value = median(&mut values);
-        let busy = if busy.is_empty() {
-            "–".to_owned()
-        } else {
-            format!("{:.0} %", median(&mut busy) * 100.0)
-        };
-        let cpu = if cpu.is_empty() {
-            "–".to_owned()
-        } else {
-            format!("{:.0} ns", median(&mut cpu))
-        };
         println!(
-            "| {} | {:.1}k | {:.1}k .. {:.1}k | {} | {busy} | {cpu} | {} |",
+            "| {} | {:.1}k | {:.1}k .. {:.1}k | {} | {} | {} | {} |",
             variants[i].0,
             value / 1000.0,
             values[0] / 1000.0,
             values[values.len() - 1] / 1000.0,
-            median_of(&mut paired[i]),
-            median_of(&mut paired_cpu[i]),
+            median_shown(std::mem::take(&mut paired[i]), |m| format!("{m:.3}")),
+            median_shown(busy, |m| format!("{:.0} %", m * 100.0)),
+            median_shown(cpu, |m| format!("{m:.0} ns")),
+            median_shown(std::mem::take(&mut paired_cpu[i]), |m| format!("{m:.3}")),
         );
     }
     println!("\nbare axum median: {bare_median:.0} req/s");
