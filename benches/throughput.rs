@@ -23,9 +23,12 @@
 //! | `VIGIL_BENCH_WARMUP_MS` | 500 | warm-up before each measurement |
 //! | `VIGIL_BENCH_CONNECTIONS` | 64 | keep-alive connections of the load generator |
 //!
-//! With 9 variants besides bare axum the defaults take about 4 minutes and a half. The same
-//! server can be measured with wrk or oha: `VIGIL_BENCH_SERVE=NAME` serves that variant on
-//! `VIGIL_BENCH_PORT` (default 3000) until killed (see the README for the commands).
+//! With 13 variants besides bare axum the defaults take about 5 minutes and a half. The two
+//! "floor" variants are no-op layers: what any middleware applied with `Router::layer` costs
+//! before it does anything. The same server can be measured with wrk or oha:
+//! `VIGIL_BENCH_SERVE=NAME` serves that variant on `VIGIL_BENCH_PORT` (default 3000) until
+//! killed (see the README for the commands), and `benches/instructions_under_load.sh` counts
+//! its instructions per response under wrk's load.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -94,6 +97,14 @@ fn variants() -> Vec<(&'static str, Wrap)> {
     vec![
         ("bare axum", wrap(tower::layer::util::Identity::new())),
         (
+            "floor: a no-op layer around the future",
+            wrap(floor::PassLayer::<floor::KeepBody>::new()),
+        ),
+        (
+            "floor: a no-op layer around the future and the body",
+            wrap(floor::PassLayer::<floor::WrapBody>::new()),
+        ),
+        (
             "tower-http TimeoutLayer",
             wrap(TimeoutLayer::with_status_code(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -139,6 +150,19 @@ fn variants() -> Vec<(&'static str, Wrap)> {
             ),
         ),
         (
+            "Vigil (least: no profiler, no copied headers, isolation never)",
+            wrap(
+                Vigil::new()
+                    .watchdog(
+                        WatchdogLayer::builder(threshold)
+                            .report_headers([])
+                            .build()
+                            .expect("valid"),
+                    )
+                    .timebox(timebox_with(Isolation::Never)),
+            ),
+        ),
+        (
             "Vigil (lean: no copied headers)",
             wrap(
                 Vigil::new()
@@ -153,6 +177,147 @@ fn variants() -> Vec<(&'static str, Wrap)> {
             ),
         ),
     ]
+}
+
+/// The least any middleware applied with `Router::layer` costs: a layer that does nothing but
+/// put its own future around the inner one and, optionally, its own type around the response
+/// body. A body of another type than axum's is boxed again by axum, as every body-watching
+/// layer's is (tower-http's `TimeoutLayer` too).
+mod floor {
+    use std::future::Future;
+    use std::marker::PhantomData;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use axum::body::Body;
+    use http::{Request, Response};
+    use http_body::{Body as HttpBody, Frame, SizeHint};
+    use pin_project_lite::pin_project;
+
+    /// What the no-op layer does to the response body.
+    pub trait BodyMap: Send + Sync + 'static {
+        type Body;
+        fn map(body: Body) -> Self::Body;
+    }
+
+    /// Leaves axum's body as it is: axum finds its own type and does not box it again.
+    pub struct KeepBody;
+
+    impl BodyMap for KeepBody {
+        type Body = Body;
+        fn map(body: Body) -> Body {
+            body
+        }
+    }
+
+    /// Puts the body in a type of the layer's own, as a layer that watches the body must.
+    pub struct WrapBody;
+
+    impl BodyMap for WrapBody {
+        type Body = PassBody;
+        fn map(body: Body) -> PassBody {
+            PassBody { body }
+        }
+    }
+
+    pub struct PassLayer<M>(PhantomData<fn() -> M>);
+
+    impl<M> PassLayer<M> {
+        pub fn new() -> Self {
+            Self(PhantomData)
+        }
+    }
+
+    impl<M> Clone for PassLayer<M> {
+        fn clone(&self) -> Self {
+            Self::new()
+        }
+    }
+
+    impl<S, M> tower::Layer<S> for PassLayer<M> {
+        type Service = Pass<S, M>;
+
+        fn layer(&self, inner: S) -> Pass<S, M> {
+            Pass(inner, PhantomData)
+        }
+    }
+
+    pub struct Pass<S, M>(S, PhantomData<fn() -> M>);
+
+    impl<S: Clone, M> Clone for Pass<S, M> {
+        fn clone(&self) -> Self {
+            Self(self.0.clone(), PhantomData)
+        }
+    }
+
+    impl<S, M: BodyMap> tower::Service<Request<Body>> for Pass<S, M>
+    where
+        S: tower::Service<Request<Body>, Response = Response<Body>>,
+    {
+        type Response = Response<M::Body>;
+        type Error = S::Error;
+        type Future = PassFuture<S::Future, M>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, request: Request<Body>) -> Self::Future {
+            PassFuture {
+                inner: self.0.call(request),
+                map: PhantomData,
+            }
+        }
+    }
+
+    pin_project! {
+        pub struct PassFuture<F, M> {
+            #[pin]
+            inner: F,
+            map: PhantomData<fn() -> M>,
+        }
+    }
+
+    impl<F, E, M: BodyMap> Future for PassFuture<F, M>
+    where
+        F: Future<Output = Result<Response<Body>, E>>,
+    {
+        type Output = Result<Response<M::Body>, E>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            self.project()
+                .inner
+                .poll(cx)
+                .map(|output| output.map(|response| response.map(M::map)))
+        }
+    }
+
+    pin_project! {
+        pub struct PassBody {
+            #[pin]
+            body: Body,
+        }
+    }
+
+    impl HttpBody for PassBody {
+        type Data = bytes::Bytes;
+        type Error = axum::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            self.project().body.poll_frame(cx)
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.body.is_end_stream()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.body.size_hint()
+        }
+    }
 }
 
 /// Puts a layer around a router; built once per variant and applied for each round.
