@@ -35,7 +35,7 @@ const IDLE_SLEEP: Duration = Duration::from_secs(1);
 
 /// The process's registry and monitor thread.
 pub(crate) struct Core {
-    pub(crate) registry: Arc<Registry>,
+    pub(crate) registry: &'static Registry,
 }
 
 /// The core, once its monitor thread has started. A failed start is not remembered, so a later
@@ -50,9 +50,9 @@ impl Core {
             return Ok(core.clone());
         }
         let started = Arc::new(Core {
-            registry: Arc::new(Registry::new()),
+            registry: Registry::leak(),
         });
-        let registry = started.registry.clone();
+        let registry = started.registry;
         let thread = std::thread::Builder::new()
             .name("vigil-monitor".into())
             .spawn(move || {
@@ -113,7 +113,7 @@ pub(crate) enum Trigger {
 
 /// Reports every request of `watch` still in flight, now, on the calling thread; returns how
 /// many. Each then gets a completion record when it ends.
-pub(crate) fn report_in_flight(registry: &Arc<Registry>, watch: &Arc<WatchPart>) -> usize {
+pub(crate) fn report_in_flight(registry: &'static Registry, watch: &Arc<WatchPart>) -> usize {
     let mut in_flight = Vec::new();
     registry.scan(|slot, seen| {
         if let Seen::Running { id } | Seen::Stuck { id } = seen {
@@ -133,7 +133,7 @@ pub(crate) fn report_in_flight(registry: &Arc<Registry>, watch: &Arc<WatchPart>)
     reported
 }
 
-fn fire(registry: &Arc<Registry>, slot: &SlotRef, seen: Seen, now: u64) {
+fn fire(registry: &'static Registry, slot: &SlotRef, seen: Seen, now: u64) {
     let id = match seen {
         Seen::Running { id } | Seen::Stuck { id } | Seen::FinishedAfterStuck { id } => id,
     };
@@ -178,7 +178,7 @@ fn fire(registry: &Arc<Registry>, slot: &SlotRef, seen: Seen, now: u64) {
 }
 
 fn fire_deadlines(
-    registry: &Arc<Registry>,
+    registry: &'static Registry,
     deadlines: &DeadlinePart,
     watch: Option<&WatchPart>,
     slot: &SlotRef,
@@ -229,7 +229,7 @@ fn fire_deadlines(
     }
 }
 
-fn report(registry: &Arc<Registry>, watch: &WatchPart, slot: &SlotRef, id: u64, trigger: Trigger) {
+fn report(registry: &'static Registry, watch: &WatchPart, slot: &SlotRef, id: u64, trigger: Trigger) {
     let capture = slot.reports() + 1;
     slot.add_report();
     if let Some(mut report) = slow_report(registry, watch, slot, id, capture) {
@@ -246,7 +246,7 @@ fn report(registry: &Arc<Registry>, watch: &WatchPart, slot: &SlotRef, id: u64, 
 }
 
 fn slow_report(
-    registry: &Arc<Registry>,
+    registry: &'static Registry,
     watch: &WatchPart,
     slot: &SlotRef,
     id: u64,
@@ -391,7 +391,7 @@ fn authority_of(uri: &str) -> Option<String> {
     Some(rest.split('/').next().unwrap_or(rest).to_owned())
 }
 
-fn run(registry: Arc<Registry>) {
+fn run(registry: &'static Registry) {
     let mut due: Vec<(SlotRef, Seen)> = Vec::new();
     loop {
         registry.wake.woke_up();
@@ -399,7 +399,7 @@ fn run(registry: Arc<Registry>) {
         let woke_at = now;
         let mut next = registry.scan_due(now, |slot, seen| due.push((slot.to_ref(), seen)));
         for (slot, seen) in due.drain(..) {
-            fire(&registry, &slot, seen, now);
+            fire(registry, &slot, seen, now);
             next = next.min(slot.due_ns());
         }
         registry.wake.passed();
@@ -408,7 +408,7 @@ fn run(registry: Arc<Registry>) {
         crate::metrics::publish_if_due();
 
         let now = registry.clock.now_ns();
-        if let Some(at) = crate::watchdog::awaiting::check_waiting(&registry) {
+        if let Some(at) = crate::watchdog::awaiting::check_waiting(registry) {
             next = next.min(registry.clock.ns_at(at));
         }
         // On time for the earliest due, but never sooner than a tick after this wake-up: a

@@ -513,10 +513,11 @@ impl Chunk {
     }
 }
 
-/// A slot, kept alive by its chunk: what requests and the monitor hold on to.
-#[derive(Clone)]
+/// A slot: what requests and the monitor hold on to. Chunks are never freed (see
+/// [`Registry::leak`]), so holding one costs no reference count.
+#[derive(Clone, Copy)]
 pub(crate) struct SlotRef {
-    chunk: Arc<Chunk>,
+    chunk: &'static Chunk,
     index: usize,
 }
 
@@ -531,9 +532,9 @@ impl std::ops::Deref for SlotRef {
 }
 
 impl SlotRef {
-    pub(crate) fn at(&self) -> SlotAt<'_> {
+    pub(crate) fn at(&self) -> SlotAt<'static> {
         SlotAt {
-            chunk: &self.chunk,
+            chunk: self.chunk,
             index: self.index,
         }
     }
@@ -566,7 +567,7 @@ impl SlotRef {
 /// A slot with its head, borrowed: what a scan meets, turned into a [`SlotRef`] only when kept.
 #[derive(Clone, Copy)]
 pub(crate) struct SlotAt<'a> {
-    chunk: &'a Arc<Chunk>,
+    chunk: &'a Chunk,
     index: usize,
 }
 
@@ -578,14 +579,16 @@ impl std::ops::Deref for SlotAt<'_> {
     }
 }
 
-impl<'a> SlotAt<'a> {
+impl SlotAt<'static> {
     pub(crate) fn to_ref(self) -> SlotRef {
         SlotRef {
-            chunk: self.chunk.clone(),
+            chunk: self.chunk,
             index: self.index,
         }
     }
+}
 
+impl<'a> SlotAt<'a> {
     fn head(&self) -> &'a Head {
         &self.chunk.heads[self.index % CHUNK_SLOTS]
     }
@@ -631,7 +634,7 @@ impl<'a> SlotAt<'a> {
 }
 
 struct Shard {
-    chunks: Vec<Arc<Chunk>>,
+    chunks: Vec<&'static Chunk>,
     /// Slots made so far; the last chunk may have room for more.
     made: usize,
     free: Vec<u32>,
@@ -666,7 +669,14 @@ thread_local! {
 }
 
 impl Registry {
-    pub(crate) fn new() -> Self {
+    /// A registry for the rest of the process. A process has one, the core's, which is never
+    /// dropped; requests and the monitor hold it and its slots by reference, so registering a
+    /// request counts no references up and down.
+    pub(crate) fn leak() -> &'static Registry {
+        Box::leak(Box::new(Self::new()))
+    }
+
+    fn new() -> Self {
         let shards = std::thread::available_parallelism()
             .map_or(4, |n| n.get() * 2)
             .clamp(2, MAX_SHARDS);
@@ -706,7 +716,7 @@ impl Registry {
     /// request (one with a watch due), `fill` writes its description into the slot's reused
     /// buffers.
     pub(crate) fn register(
-        self: &Arc<Self>,
+        &'static self,
         started_ns: u64,
         dues: Dues,
         route_hash: Option<u64>,
@@ -724,14 +734,15 @@ impl Registry {
                 None => {
                     let index = guard.made;
                     if index % CHUNK_SLOTS == 0 {
-                        guard.chunks.push(Arc::new(Chunk::new()));
+                        // Never freed: slots are reused, and requests hold them by reference.
+                        guard.chunks.push(Box::leak(Box::new(Chunk::new())));
                     }
                     guard.made += 1;
                     index
                 }
             };
             let slot = SlotRef {
-                chunk: guard.chunks[index / CHUNK_SLOTS].clone(),
+                chunk: guard.chunks[index / CHUNK_SLOTS],
                 index: index % CHUNK_SLOTS,
             };
             // Under the shard's lock, so a scan sees the due or sets the chunk's earliest after.
@@ -788,7 +799,7 @@ impl Registry {
             .store(id << PHASE_BITS | RUNNING, Ordering::Release);
         self.wake.note_due(due_ns);
         Registration {
-            registry: self.clone(),
+            registry: self,
             slot,
             id,
             watched,
@@ -842,11 +853,11 @@ impl Registry {
 
     /// Calls `visit` with each chunk and its count of slots made, one shard at a time, under
     /// the shard's lock.
-    fn for_each_chunk(&self, mut visit: impl FnMut(&Arc<Chunk>, usize)) {
+    fn for_each_chunk(&self, mut visit: impl FnMut(&'static Chunk, usize)) {
         for shard in 0..self.shards.len() {
             let guard = self.lock(shard);
             let mut left = guard.made;
-            for chunk in &guard.chunks {
+            for &chunk in &guard.chunks {
                 let in_chunk = left.min(CHUNK_SLOTS);
                 left -= in_chunk;
                 visit(chunk, in_chunk);
@@ -856,7 +867,7 @@ impl Registry {
 
     /// Calls `visit` for every occupied slot. Holds one shard lock at a time, briefly: the
     /// visitor must only read atomics and copy.
-    pub(crate) fn scan(&self, mut visit: impl FnMut(SlotAt<'_>, Seen)) {
+    pub(crate) fn scan(&self, mut visit: impl FnMut(SlotAt<'static>, Seen)) {
         self.for_each_chunk(|chunk, in_chunk| {
             for (index, head) in chunk.heads[..in_chunk].iter().enumerate() {
                 if let Some(seen) = Seen::of(head.word.load(Ordering::Acquire)) {
@@ -870,7 +881,7 @@ impl Registry {
     /// returns the earliest due of the others. Chunks with nothing due are skipped: with
     /// 100 000 requests waiting for a far threshold, a scan reads a word per chunk of
     /// [`CHUNK_SLOTS`], not a head per request.
-    pub(crate) fn scan_due(&self, now: u64, mut visit: impl FnMut(SlotAt<'_>, Seen)) -> u64 {
+    pub(crate) fn scan_due(&self, now: u64, mut visit: impl FnMut(SlotAt<'static>, Seen)) -> u64 {
         let mut next = NEVER;
         self.for_each_chunk(|chunk, in_chunk| {
             let earliest = chunk.earliest_due.load(Ordering::Relaxed);
@@ -951,7 +962,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A registered request. Dropping it deregisters the request.
 pub(crate) struct Registration {
-    registry: Arc<Registry>,
+    registry: &'static Registry,
     slot: SlotRef,
     id: u64,
     /// A watchdog watches it: its task waker is kept for probe polls.
@@ -1051,7 +1062,7 @@ impl Registration {
     /// A handle to the request that does not own its registration.
     pub(crate) fn handle(&self) -> RequestHandle {
         RequestHandle {
-            slot: self.slot.clone(),
+            slot: self.slot,
             id: self.id,
         }
     }
@@ -1284,10 +1295,10 @@ mod tests {
     }
 
     /// A registry, and parts with neither watch nor deadlines to register requests under.
-    fn registry_and_parts() -> (Arc<Registry>, Arc<Parts>) {
-        let registry = Arc::new(Registry::new());
+    fn registry_and_parts() -> (&'static Registry, Arc<Parts>) {
+        let registry = Registry::leak();
         let parts = Arc::new(Parts {
-            registry: registry.clone(),
+            registry,
             watch: None,
             deadlines: None,
         });
@@ -1324,8 +1335,8 @@ mod tests {
             .map(|n| registry.register(0, due_at_ms(10_000 + n), None, &parts, |_| {}))
             .collect();
         // The first scan learns each chunk's earliest due; the next ones skip the chunks.
-        assert_eq!(due_scan(&registry, 0), (vec![], rounded(10_000)));
-        assert_eq!(due_scan(&registry, 5_000), (vec![], rounded(10_000)));
+        assert_eq!(due_scan(registry, 0), (vec![], rounded(10_000)));
+        assert_eq!(due_scan(registry, 5_000), (vec![], rounded(10_000)));
         let chunks = held.iter().map(|r| &r.slot.chunk);
         let earliest: Vec<u64> = chunks
             .map(|chunk| chunk.earliest_due.load(Ordering::Relaxed))
@@ -1334,21 +1345,21 @@ mod tests {
 
         // A request registered later with an earlier due lowers its chunk's: it is not skipped.
         let early = registry.register(0, due_at_ms(2_000), None, &parts, |_| {});
-        assert_eq!(due_scan(&registry, 1_000), (vec![], rounded(2_000)));
+        assert_eq!(due_scan(registry, 1_000), (vec![], rounded(2_000)));
         assert_eq!(
-            due_scan(&registry, 2_001),
+            due_scan(registry, 2_001),
             (vec![early.id()], rounded(10_000))
         );
 
         // Once due, every request is visited, in whichever chunk.
-        let (visited, _) = due_scan(&registry, 20_000);
+        let (visited, _) = due_scan(registry, 20_000);
         assert_eq!(visited.len(), held.len() + 1);
 
         // Freed slots are never due: once the chunks were looked at, nothing is left to find.
         drop(held);
         drop(early);
-        let _ = due_scan(&registry, 20_000);
-        assert_eq!(due_scan(&registry, 20_000), (vec![], NEVER));
+        let _ = due_scan(registry, 20_000);
+        assert_eq!(due_scan(registry, 20_000), (vec![], NEVER));
     }
 
     #[test]
@@ -1356,14 +1367,14 @@ mod tests {
         let (registry, parts) = registry_and_parts();
         let request = registry.register(0, due_at_ms(10_000), None, &parts, |_| {});
         let id = request.id();
-        let slot = request.slot.clone();
-        assert_eq!(due_scan(&registry, 0), (vec![], rounded(10_000)));
+        let slot = request.slot;
+        assert_eq!(due_scan(registry, 0), (vec![], rounded(10_000)));
         assert!(slot.mark_stuck(id));
         // Reported: nothing more is due for it.
         slot.set_watch_due_ns(NEVER);
         registry.reschedule(&slot, id);
-        let _ = due_scan(&registry, 11_000);
-        assert_eq!(due_scan(&registry, 11_000), (vec![], NEVER));
+        let _ = due_scan(registry, 11_000);
+        assert_eq!(due_scan(registry, 11_000), (vec![], NEVER));
         drop(request);
         let mut seen = Vec::new();
         registry.scan_due(11_000 * 1_000_000, |_, s| seen.push(s));
@@ -1376,7 +1387,7 @@ mod tests {
         // The last generations before the counter wraps: their ids, shifted past the flags,
         // must still fit in a word, or every deadline check would read "moved on".
         let first = registry.register(0, dues(), None, &parts, |_| {});
-        let slot = first.slot.clone();
+        let slot = first.slot;
         let number = first.id() & u64::from(u32::MAX);
         drop(first);
         let last_but_three = u64::from((1u32 << GENERATION_BITS) - 4) << 32 | number;
@@ -1385,7 +1396,7 @@ mod tests {
         for _ in 0..4 {
             let registration = registry.register(0, dues(), None, &parts, |_| {});
             let id = registration.id();
-            assert!(Arc::ptr_eq(&registration.slot.chunk, &slot.chunk));
+            assert!(std::ptr::eq(registration.slot.chunk, slot.chunk));
             assert_eq!(slot.current_id(), id);
             assert_eq!(slot.flags(id), 0, "a fresh request has no deadline passed");
             assert!(slot.watches(id));
@@ -1409,10 +1420,10 @@ mod tests {
     fn a_late_poll_cannot_leave_its_waker_to_the_next_request() {
         let (registry, parts) = registry_and_parts();
         let earlier = registry.register(0, dues(), None, &parts, |_| {});
-        let (slot, earlier_id) = (earlier.slot.clone(), earlier.id());
+        let (slot, earlier_id) = (earlier.slot, earlier.id());
         drop(earlier);
         let later = registry.register(0, dues(), None, &parts, |_| {});
-        assert!(Arc::ptr_eq(&later.slot.chunk, &slot.chunk) && later.slot.index == slot.index);
+        assert!(std::ptr::eq(later.slot.chunk, slot.chunk) && later.slot.index == slot.index);
         let stale = Arc::new(CountingWaker(Default::default()));
         slot.set_waker(earlier_id, &Waker::from(stale.clone()));
         let current = Arc::new(CountingWaker(Default::default()));
@@ -1467,7 +1478,7 @@ mod tests {
             hard: NEVER,
         };
         let registration = registry.register(started, dues, None, &parts, |_| {});
-        let slot = registration.slot.clone();
+        let slot = registration.slot;
         let woken_at = slot.due_ns();
         assert!(woken_at >= soft, "{woken_at} is before {soft}");
         assert!(slot.take_soft_due(woken_at), "due when the monitor wakes");

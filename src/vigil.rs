@@ -201,7 +201,7 @@ impl Vigil {
     fn combined_parts(&self) -> Option<Arc<Parts>> {
         let watch = self.watchdog.as_ref().and_then(|w| w.parts());
         let deadlines = self.timebox.as_ref().and_then(|t| t.parts());
-        let registry = watch.or(deadlines)?.registry.clone();
+        let registry = watch.or(deadlines)?.registry;
         Some(Arc::new(Parts {
             registry,
             watch: self.watchdog.as_ref().and_then(|w| w.part()).cloned(),

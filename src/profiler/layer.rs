@@ -9,6 +9,7 @@ use http::header::HeaderName;
 use tower_layer::Layer;
 
 use super::authorize::{Authorize, DenyAll};
+use super::service::Shared;
 use super::Profiler;
 
 /// What the profiler measures.
@@ -477,7 +478,11 @@ impl<S> Layer<S> for ProfilerLayer {
     type Service = Profiler<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Profiler::new(inner, self.config.clone(), self.state.clone())
+        let shared = Shared {
+            config: self.config.clone(),
+            state: self.state.clone(),
+        };
+        Profiler::new(inner, Arc::new(shared))
     }
 }
 

@@ -25,17 +25,19 @@ use crate::timebox::Deadline;
 #[derive(Clone)]
 pub struct Profiler<S> {
     inner: S,
-    config: Arc<Config>,
-    state: Arc<State>,
+    /// One reference for both: axum clones the service for every request.
+    shared: Arc<Shared>,
+}
+
+/// What a profiler's services share with its layer.
+pub(crate) struct Shared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) state: Arc<State>,
 }
 
 impl<S> Profiler<S> {
-    pub(crate) fn new(inner: S, config: Arc<Config>, state: Arc<State>) -> Self {
-        Self {
-            inner,
-            config,
-            state,
-        }
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
     }
 
     /// The wrapped service.
@@ -58,7 +60,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Profiler<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Profiler")
             .field("inner", &self.inner)
-            .field("enabled", &self.config.enabled)
+            .field("enabled", &self.shared.config.enabled)
             .finish()
     }
 }
@@ -79,7 +81,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let config = &self.config;
+        let config = &self.shared.config;
         if !config.enabled {
             return ResponseFuture::inner(self.inner.call(request));
         }
@@ -99,7 +101,7 @@ where
             return ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body)));
         }
         if serves_index {
-            return ResponseFuture::ready(background::serve(config, &self.state, parts.uri.path()));
+            return ResponseFuture::ready(background::serve(config, &self.shared.state, parts.uri.path()));
         }
         self.profile(parts, body)
     }
@@ -116,14 +118,14 @@ impl<S> Profiler<S> {
         ReqBody: Send + 'static,
         ResBody: Body + 'static,
     {
-        let config = self.config.clone();
+        let config = self.shared.config.clone();
         let wish = match wish_of(&config, &parts) {
             Ok(wish) => wish,
             Err(message) => {
                 return ResponseFuture::ready(page::error(StatusCode::BAD_REQUEST, &message))
             }
         };
-        let Some(permit) = self.state.try_acquire(config.max_concurrent) else {
+        let Some(permit) = self.shared.state.try_acquire(config.max_concurrent) else {
             return ResponseFuture::ready(page::busy());
         };
         let mode = wish.mode.unwrap_or(config.mode);
@@ -165,15 +167,15 @@ impl<S> Profiler<S> {
             request_line: request_line.clone(),
         };
         if wish.background {
-            let id = background::new_id(&self.state);
-            self.state
+            let id = background::new_id(&self.shared.state);
+            self.shared.state
                 .running
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id.clone(), request_line.clone());
             let deliver = background::deliver(
                 config.clone(),
-                self.state.clone(),
+                self.shared.state.clone(),
                 id.clone(),
                 request_line.clone(),
                 mode.name(),
@@ -187,7 +189,7 @@ impl<S> Profiler<S> {
                     &request_line,
                 )),
                 Err(error) => {
-                    self.state
+                    self.shared.state
                         .running
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -201,7 +203,7 @@ impl<S> Profiler<S> {
         }
         let (sender, receiver) = oneshot::channel();
         let format = wish.format;
-        let state = self.state.clone();
+        let state = self.shared.state.clone();
         let deliver = Box::new(move |result| {
             // Rendering happens here, on the controller thread, off the worker pool.
             let _ = sender.send(answer(&config, &state, result, format, rerun));

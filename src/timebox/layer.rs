@@ -438,7 +438,7 @@ impl TimeboxBuilder {
             counters: TimeboxCounters::default(),
         });
         let parts = Arc::new(Parts {
-            registry: core.registry.clone(),
+            registry: core.registry,
             watch: None,
             deadlines: Some(part.clone()),
         });

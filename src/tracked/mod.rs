@@ -18,7 +18,7 @@ pub(crate) use self::service::Tracked;
 
 /// What the requests of one service are registered with.
 pub(crate) struct Parts {
-    pub(crate) registry: Arc<Registry>,
+    pub(crate) registry: &'static Registry,
     pub(crate) watch: Option<Arc<WatchPart>>,
     pub(crate) deadlines: Option<Arc<DeadlinePart>>,
 }

@@ -58,7 +58,7 @@ pub(crate) fn request_probe(
     let deadline = Instant::now() + waited;
     let busy = Arc::new(Mutex::new(None));
     lock(&WAITING).push(WaitingProbe {
-        slot: slot.clone(),
+        slot: *slot,
         id,
         deadline,
         capture_timeout,
@@ -66,7 +66,7 @@ pub(crate) fn request_probe(
         busy: busy.clone(),
     });
     Some(ProbeRequest {
-        slot: slot.clone(),
+        slot: *slot,
         id,
         deadline,
         waited,

@@ -178,7 +178,7 @@ impl WatchdogLayer {
         let Some(running) = &self.running else {
             return 0;
         };
-        let reported = crate::monitor::report_in_flight(&running.parts.registry, &running.part);
+        let reported = crate::monitor::report_in_flight(running.parts.registry, &running.part);
         running.part.reporter.flush(timeout);
         reported
     }
@@ -507,7 +507,7 @@ impl WatchdogBuilder {
             long_lived_exempt: config.long_lived_exempt,
         });
         let parts = Arc::new(Parts {
-            registry: core.registry.clone(),
+            registry: core.registry,
             watch: Some(part.clone()),
             deadlines: None,
         });
