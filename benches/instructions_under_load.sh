@@ -78,11 +78,13 @@ echo "| variant | responses counted | instructions per response | vs bare axum |
 echo "|---|---|---|---|---|---|"
 bare=""
 for variant in "$@"; do
+    # A port of its own per variant: the last server's port may not be free yet.
+    port=$((port + 1))
     VIGIL_BENCH_SERVE="$variant" VIGIL_BENCH_PORT="$port" valgrind --tool=callgrind \
         --dump-instr=yes --compress-strings=no \
         --callgrind-out-file="$work/out.%p" "$binary" >"$work/serve.log" 2>&1 &
     server=$!
-    for _ in $(seq 600); do grep -q 'until killed' "$work/serve.log" && break; sleep 0.1; done
+    for _ in $(seq 1200); do grep -q 'until killed' "$work/serve.log" && break; sleep 0.1; done
     name=$(sed -n 's/^serving \(.*\) on http.*/\1/p' "$work/serve.log")
     [ -n "$name" ] || { cat "$work/serve.log" >&2; kill "$server"; exit 1; }
     load 2 >/dev/null

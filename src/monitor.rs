@@ -49,8 +49,10 @@ impl Core {
         if let Some(core) = core.as_ref() {
             return Ok(core.clone());
         }
+        // One registry for the process, kept by a start that failed for the next one to use.
+        static REGISTRY: std::sync::OnceLock<&'static Registry> = std::sync::OnceLock::new();
         let started = Arc::new(Core {
-            registry: Registry::leak(),
+            registry: REGISTRY.get_or_init(Registry::leak),
         });
         let registry = started.registry;
         let thread = std::thread::Builder::new()
