@@ -231,7 +231,13 @@ fn fire_deadlines(
     }
 }
 
-fn report(registry: &'static Registry, watch: &WatchPart, slot: &SlotRef, id: u64, trigger: Trigger) {
+fn report(
+    registry: &'static Registry,
+    watch: &WatchPart,
+    slot: &SlotRef,
+    id: u64,
+    trigger: Trigger,
+) {
     let capture = slot.reports() + 1;
     slot.add_report();
     if let Some(mut report) = slow_report(registry, watch, slot, id, capture) {

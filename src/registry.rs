@@ -780,10 +780,12 @@ impl Registry {
             // Under the lock: the flags word's id is whose the occupant is.
             slot.deadline_flags
                 .store(id << FLAG_BITS | watched_flag, Ordering::Release);
-            // A probe must never wake the slot's last request. Its deadline waker may stay:
-            // this request's first poll replaces it before any deadline can matter, and a
-            // connection's next request, polled by the same task, then clones nothing.
+            // Neither a probe nor a deadline may wake the slot's last request. The response
+            // future keeps this request's deadline waker only once the handler waits, and looks
+            // at the deadline right after, so a request answered in its first poll never
+            // touches the waker.
             occupant.task_waker = None;
+            occupant.deadline_waker = None;
             if !occupant
                 .parts
                 .as_ref()

@@ -57,6 +57,52 @@ async fn a_hard_timeout_answers_503_on_time_and_runs_destructors() {
     assert_eq!(stats.wedged, 0, "a pending request is not wedged");
 }
 
+/// The response future keeps the deadline's waker only once the handler waits, so a deadline
+/// that fires while the first poll blocks the thread wakes nobody. The future must see it when
+/// the handler yields: a 503 then, not a request left waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_fires_in_the_first_poll_is_answered_when_the_handler_yields() {
+    let drops = DropCounter::default();
+    let counter = drops.clone();
+    let blocked_for = HARD + 5 * TICK;
+    let timebox = builder().isolation_mode(Isolation::Never).build().unwrap();
+    let app = Router::new()
+        .route(
+            "/block-then-wait",
+            get(move || {
+                let guard = counter.guard();
+                async move {
+                    let _guard = guard;
+                    // Holds this worker thread past the hard deadline, in the first poll.
+                    std::thread::sleep(blocked_for);
+                    std::future::pending::<()>().await;
+                    "never"
+                }
+            }),
+        )
+        .layer(timebox.clone());
+    let addr = serve(app).await;
+    let started = Instant::now();
+    let answered = tokio::time::timeout(
+        Duration::from_secs(5),
+        http_get_full(addr, "/block-then-wait", &[]),
+    )
+    .await
+    .expect("the request is answered once the handler yields");
+    let elapsed = started.elapsed();
+    let (status, _, body) = answered.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(elapsed >= blocked_for, "{elapsed:?}");
+    assert!(
+        elapsed <= blocked_for + Duration::from_millis(150),
+        "answered when the handler yielded, not a tick later: {elapsed:?}"
+    );
+    assert!(wait_until(Duration::from_secs(2), || drops.balanced()).await);
+    let stats = timebox.stats();
+    assert_eq!(stats.hard_timeouts, 1);
+    assert_eq!(stats.wedged, 1, "its thread was held when the deadline fired");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_honours_the_soft_deadline_answers_itself() {
     // Its deadline is built on demand, and cancelled by the monitor at the soft deadline.

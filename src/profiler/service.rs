@@ -101,7 +101,11 @@ where
             return ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body)));
         }
         if serves_index {
-            return ResponseFuture::ready(background::serve(config, &self.shared.state, parts.uri.path()));
+            return ResponseFuture::ready(background::serve(
+                config,
+                &self.shared.state,
+                parts.uri.path(),
+            ));
         }
         self.profile(parts, body)
     }
@@ -168,7 +172,8 @@ impl<S> Profiler<S> {
         };
         if wish.background {
             let id = background::new_id(&self.shared.state);
-            self.shared.state
+            self.shared
+                .state
                 .running
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -189,7 +194,8 @@ impl<S> Profiler<S> {
                     &request_line,
                 )),
                 Err(error) => {
-                    self.shared.state
+                    self.shared
+                        .state
                         .running
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

@@ -105,6 +105,18 @@ impl std::fmt::Display for BodyDeadlineElapsed {
 
 impl std::error::Error for BodyDeadlineElapsed {}
 
+/// Ends a body whose hard deadline fired: counted, then the request released, and an error
+/// that makes the server cut the response.
+fn body_timeout(
+    deadline: &mut Option<BodyDeadline>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if let Some(part) = deadline.as_ref().and_then(|guard| guard.deadlines.as_ref()) {
+        part.counters.body_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+    *deadline = None;
+    Poll::Ready(Some(Err(Box::new(BodyDeadlineElapsed))))
+}
+
 impl<B> Body for TimeboxBody<B>
 where
     B: Body<Data = Bytes>,
@@ -123,17 +135,12 @@ where
                     return body.poll_frame(cx).map_err(Into::into);
                 };
                 let registration = &guard.registration;
-                if let Some(deadlines) = &guard.deadlines {
-                    let slot = registration.slot();
-                    slot.set_waker(registration.id(), cx.waker());
-                    if slot.flags(registration.id()) & HARD_FIRED != 0 {
-                        deadlines
-                            .counters
-                            .body_timeouts
-                            .fetch_add(1, Ordering::Relaxed);
-                        *deadline = None;
-                        return Poll::Ready(Some(Err(Box::new(BodyDeadlineElapsed))));
-                    }
+                let hard_fired = || {
+                    guard.deadlines.is_some()
+                        && registration.slot().flags(registration.id()) & HARD_FIRED != 0
+                };
+                if hard_fired() {
+                    return body_timeout(deadline);
                 }
                 let frame = {
                     let _polling = PollingScope::enter(registration);
@@ -145,6 +152,14 @@ where
                     }
                     // The body ended, failed or was cut: so has the request.
                     Poll::Ready(_) => *deadline = None,
+                    // As in the response future: the waker is kept once the body waits, and a
+                    // deadline that fired before then woke nobody.
+                    Poll::Pending if guard.deadlines.is_some() => {
+                        registration.slot().set_waker(registration.id(), cx.waker());
+                        if hard_fired() {
+                            return body_timeout(deadline);
+                        }
+                    }
                     Poll::Pending => {}
                 }
                 frame.map_err(Into::into)

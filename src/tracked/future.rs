@@ -170,6 +170,24 @@ fn timeout_response<B>(deadlines: &DeadlinePart) -> Response<TimeboxBody<B>> {
     response
 }
 
+/// Answers an inline request whose hard deadline fired with the 503, dropping the handler's
+/// future in place: its destructors run now.
+fn hard_timeout<F: Future, B>(mut state: Pin<&mut State<F>>) -> Response<TimeboxBody<B>> {
+    let StateProj::Inline {
+        registration: Some(held),
+        deadlines: Some(part),
+        ..
+    } = state.as_mut().project()
+    else {
+        unreachable!("only a registered, timeboxed inline request has a hard deadline here")
+    };
+    part.counters.hard_timeouts.fetch_add(1, Ordering::Relaxed);
+    let response = timeout_response(part);
+    held.set_status(response.status().as_u16());
+    state.set(State::Done);
+    response
+}
+
 fn finish<B, E>(
     output: Result<Response<B>, E>,
     registration: Registration,
@@ -248,21 +266,26 @@ where
                 deadlines,
             } => {
                 let held = registration.as_ref().expect("polled after completion");
-                if let Some(part) = deadlines {
-                    let slot = held.slot();
-                    slot.set_waker(held.id(), cx.waker());
-                    if slot.flags(held.id()) & HARD_FIRED != 0 {
-                        part.counters.hard_timeouts.fetch_add(1, Ordering::Relaxed);
-                        let response = timeout_response(part);
-                        held.set_status(response.status().as_u16());
-                        // Drops the handler's future in place: its destructors run now.
-                        state.set(State::Done);
-                        return Poll::Ready(Ok(response));
-                    }
+                let hard_fired =
+                    |held: &Registration| held.slot().flags(held.id()) & HARD_FIRED != 0;
+                if deadlines.is_some() && hard_fired(held) {
+                    return Poll::Ready(Ok(hard_timeout(state)));
                 }
-                let output = {
+                let polled = {
                     let _scope = Isolated::<F>::scope(held, *active);
-                    ready!(held.poll_watched(future, cx))
+                    held.poll_watched(future, cx)
+                };
+                let Poll::Ready(output) = polled else {
+                    if deadlines.is_some() {
+                        // Kept only once the handler waits, so a request answered in its first
+                        // poll never takes the slot's lock nor clones the waker. A deadline
+                        // that fired before the waker was kept woke nobody: look again.
+                        held.slot().set_waker(held.id(), cx.waker());
+                        if hard_fired(held) {
+                            return Poll::Ready(Ok(hard_timeout(state)));
+                        }
+                    }
+                    return Poll::Pending;
                 };
                 let registration = registration.take().expect("checked above");
                 // Taken, not cloned: the state is done with it, and a clone costs two atomics.
