@@ -100,7 +100,10 @@ async fn a_deadline_that_fires_in_the_first_poll_is_answered_when_the_handler_yi
     assert!(wait_until(Duration::from_secs(2), || drops.balanced()).await);
     let stats = timebox.stats();
     assert_eq!(stats.hard_timeouts, 1);
-    assert_eq!(stats.wedged, 1, "its thread was held when the deadline fired");
+    assert_eq!(
+        stats.wedged, 1,
+        "its thread was held when the deadline fired"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
