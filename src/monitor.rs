@@ -119,7 +119,7 @@ pub(crate) fn report_in_flight(registry: &'static Registry, watch: &Arc<WatchPar
     let mut in_flight = Vec::new();
     registry.scan(|slot, seen| {
         if let Seen::Running { id } | Seen::Stuck { id } = seen {
-            in_flight.push((slot.to_ref(), id));
+            in_flight.push((slot, id));
         }
     });
     let mut reported = 0;
@@ -405,7 +405,7 @@ fn run(registry: &'static Registry) {
         registry.wake.woke_up();
         let now = registry.clock.now_ns();
         let woke_at = now;
-        let mut next = registry.scan_due(now, |slot, seen| due.push((slot.to_ref(), seen)));
+        let mut next = registry.scan_due(now, |slot, seen| due.push((slot, seen)));
         for (slot, seen) in due.drain(..) {
             fire(registry, &slot, seen, now);
             next = next.min(slot.due_ns());

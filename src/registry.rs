@@ -532,68 +532,11 @@ impl std::ops::Deref for SlotRef {
 }
 
 impl SlotRef {
-    pub(crate) fn at(&self) -> SlotAt<'static> {
-        SlotAt {
-            chunk: self.chunk,
-            index: self.index,
-        }
-    }
-
-    /// The slot's current request id, or 0 when free.
-    pub(crate) fn current_id(&self) -> u64 {
-        self.at().current_id()
-    }
-
-    pub(crate) fn due_ns(&self) -> u64 {
-        self.at().due_ns()
-    }
-
-    /// Recomputes the monitor's due time from the pending events.
-    pub(crate) fn reschedule(&self) {
-        self.at().reschedule();
-    }
-
-    /// Marks the request stuck; false if it already finished (or the slot moved on).
-    pub(crate) fn mark_stuck(&self, id: u64) -> bool {
-        self.at().mark_stuck(id)
-    }
-
-    /// Deadline flags of request `id`, or `None` if the slot no longer holds it.
-    pub(crate) fn flags_if_current(&self, id: u64) -> Option<u64> {
-        self.at().flags_if_current(id)
-    }
-}
-
-/// A slot with its head, borrowed: what a scan meets, turned into a [`SlotRef`] only when kept.
-#[derive(Clone, Copy)]
-pub(crate) struct SlotAt<'a> {
-    chunk: &'a Chunk,
-    index: usize,
-}
-
-impl std::ops::Deref for SlotAt<'_> {
-    type Target = Slot;
-
-    fn deref(&self) -> &Slot {
-        &self.chunk.slots[self.index % CHUNK_SLOTS]
-    }
-}
-
-impl SlotAt<'static> {
-    pub(crate) fn to_ref(self) -> SlotRef {
-        SlotRef {
-            chunk: self.chunk,
-            index: self.index,
-        }
-    }
-}
-
-impl<'a> SlotAt<'a> {
-    fn head(&self) -> &'a Head {
+    fn head(&self) -> &'static Head {
         &self.chunk.heads[self.index % CHUNK_SLOTS]
     }
 
-    fn slot(&self) -> &'a Slot {
+    fn slot(&self) -> &'static Slot {
         &self.chunk.slots[self.index % CHUNK_SLOTS]
     }
 
@@ -746,7 +689,7 @@ impl Registry {
                 index: index % CHUNK_SLOTS,
             };
             // Under the shard's lock, so a scan sees the due or sets the chunk's earliest after.
-            slot.at().head().due_ns.store(due_ns, Ordering::Relaxed);
+            slot.head().due_ns.store(due_ns, Ordering::Relaxed);
             slot.chunk.lower_earliest_due(due_ns);
             (slot, index)
         };
@@ -769,7 +712,7 @@ impl Registry {
             offset.store(due, Ordering::Relaxed);
         }
         slot.finished_at.store(0, Ordering::Relaxed);
-        let head = slot.at().head();
+        let head = slot.head();
         let watched_flag = if watched { WATCHED } else { 0 };
         slot.reports.store(0, Ordering::Relaxed);
         slot.polling_tid.store(0, Ordering::Relaxed);
@@ -815,7 +758,7 @@ impl Registry {
         let number = number_of(id);
         let mut shard = self.lock(shard_of(number));
         // A free slot is never due: the chunk's next scan can leave it out of its earliest.
-        slot.at().head().due_ns.store(NEVER, Ordering::Relaxed);
+        slot.head().due_ns.store(NEVER, Ordering::Relaxed);
         shard.free.push(number >> SHARD_BITS);
     }
 
@@ -838,7 +781,6 @@ impl Registry {
     /// Frees a slot whose completion record the monitor has emitted.
     pub(crate) fn release_finished(&self, slot: &SlotRef, id: u64) {
         if slot
-            .at()
             .head()
             .word
             .compare_exchange(
@@ -869,11 +811,11 @@ impl Registry {
 
     /// Calls `visit` for every occupied slot. Holds one shard lock at a time, briefly: the
     /// visitor must only read atomics and copy.
-    pub(crate) fn scan(&self, mut visit: impl FnMut(SlotAt<'static>, Seen)) {
+    pub(crate) fn scan(&self, mut visit: impl FnMut(SlotRef, Seen)) {
         self.for_each_chunk(|chunk, in_chunk| {
             for (index, head) in chunk.heads[..in_chunk].iter().enumerate() {
                 if let Some(seen) = Seen::of(head.word.load(Ordering::Acquire)) {
-                    visit(SlotAt { chunk, index }, seen);
+                    visit(SlotRef { chunk, index }, seen);
                 }
             }
         });
@@ -883,7 +825,7 @@ impl Registry {
     /// returns the earliest due of the others. Chunks with nothing due are skipped: with
     /// 100 000 requests waiting for a far threshold, a scan reads a word per chunk of
     /// [`CHUNK_SLOTS`], not a head per request.
-    pub(crate) fn scan_due(&self, now: u64, mut visit: impl FnMut(SlotAt<'static>, Seen)) -> u64 {
+    pub(crate) fn scan_due(&self, now: u64, mut visit: impl FnMut(SlotRef, Seen)) -> u64 {
         let mut next = NEVER;
         self.for_each_chunk(|chunk, in_chunk| {
             let earliest = chunk.earliest_due.load(Ordering::Relaxed);
@@ -902,7 +844,7 @@ impl Registry {
                 if matches!(seen, Seen::FinishedAfterStuck { .. }) || due <= now {
                     // Visited now; the chunk is looked at again once the visit moved it on.
                     chunk_earliest = 0;
-                    visit(SlotAt { chunk, index }, seen);
+                    visit(SlotRef { chunk, index }, seen);
                 } else {
                     next = next.min(due);
                 }
@@ -981,6 +923,11 @@ impl Registration {
         self.id
     }
 
+    /// Whether the monitor has fired the request's hard deadline.
+    pub(crate) fn hard_fired(&self) -> bool {
+        self.slot.flags(self.id) & HARD_FIRED != 0
+    }
+
     pub(crate) fn set_deadlines(&mut self, soft_at: Instant, hard_at: Instant) {
         self.deadlines = Some((soft_at, hard_at));
     }
@@ -990,7 +937,7 @@ impl Registration {
     pub(crate) fn deadline(&self) -> Option<Deadline> {
         let (soft_at, hard_at) = self.deadlines?;
         let deadline = Deadline::for_request(self.handle(), soft_at, hard_at);
-        let lifted = !self.slot.has_hard_due() && self.slot.flags(self.id) & HARD_FIRED == 0;
+        let lifted = !self.slot.has_hard_due() && !self.hard_fired();
         Some(if lifted { deadline.lifted() } else { deadline })
     }
 
@@ -1088,7 +1035,7 @@ impl Registration {
         let running = self.id << PHASE_BITS | RUNNING;
         let stuck = self.id << PHASE_BITS | STUCK;
         self.slot.polling_tid.store(0, Ordering::Release);
-        let head = self.slot.at().head();
+        let head = self.slot.head();
         if head
             .word
             .compare_exchange(running, 0, Ordering::AcqRel, Ordering::Acquire)

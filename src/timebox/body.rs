@@ -8,7 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::part::DeadlinePart;
-use crate::registry::{PollingScope, Registration, HARD_FIRED};
+use crate::registry::{PollingScope, Registration};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -135,11 +135,8 @@ where
                     return body.poll_frame(cx).map_err(Into::into);
                 };
                 let registration = &guard.registration;
-                let hard_fired = || {
-                    guard.deadlines.is_some()
-                        && registration.slot().flags(registration.id()) & HARD_FIRED != 0
-                };
-                if hard_fired() {
+                let deadline_bound = guard.deadlines.is_some();
+                if deadline_bound && registration.hard_fired() {
                     return body_timeout(deadline);
                 }
                 let frame = {
@@ -154,9 +151,9 @@ where
                     Poll::Ready(_) => *deadline = None,
                     // As in the response future: the waker is kept once the body waits, and a
                     // deadline that fired before then woke nobody.
-                    Poll::Pending if guard.deadlines.is_some() => {
+                    Poll::Pending if deadline_bound => {
                         registration.slot().set_waker(registration.id(), cx.waker());
-                        if hard_fired() {
+                        if registration.hard_fired() {
                             return body_timeout(deadline);
                         }
                     }

@@ -266,9 +266,7 @@ where
                 deadlines,
             } => {
                 let held = registration.as_ref().expect("polled after completion");
-                let hard_fired =
-                    |held: &Registration| held.slot().flags(held.id()) & HARD_FIRED != 0;
-                if deadlines.is_some() && hard_fired(held) {
+                if deadlines.is_some() && held.hard_fired() {
                     return Poll::Ready(Ok(hard_timeout(state)));
                 }
                 let polled = {
@@ -281,7 +279,7 @@ where
                         // poll never takes the slot's lock nor clones the waker. A deadline
                         // that fired before the waker was kept woke nobody: look again.
                         held.slot().set_waker(held.id(), cx.waker());
-                        if hard_fired(held) {
+                        if held.hard_fired() {
                             return Poll::Ready(Ok(hard_timeout(state)));
                         }
                     }
